@@ -1,0 +1,241 @@
+"""The ``genforge`` command line: train, sample, eval, info, models."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .errors import GenforgeError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Train, evaluate and sample small deep generative models.")
+eval_app = typer.Typer(no_args_is_help=True, help="Measure a trained model.")
+app.add_typer(eval_app, name="eval")
+_state = {"debug": False}
+
+
+def _echo_json(obj) -> None:
+    typer.echo(json.dumps(obj, indent=2))
+
+
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors.")):
+    _state["debug"] = debug
+
+
+@app.command()
+def train(
+    args: List[str] = typer.Argument(None, help="[CONFIG] [KEY=VALUE ...]: a YAML file or shipped "
+                                     "recipe name, then dotted overrides such as train.lr=1e-4"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory to create."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory."),
+):
+    """Train a model; the same command runs under torchrun --nproc_per_node=N."""
+    from .config import config_from_json, load_config, validate_config
+    from .train.trainer import Trainer
+
+    args = list(args or [])
+    source = args.pop(0) if args and "=" not in args[0] else None
+    if resume is not None:
+        if source is not None:
+            raise GenforgeError("--resume takes its config from the run directory; drop the CONFIG argument")
+        base = config_from_json(resume / "config.json").model_dump(mode="json")
+        from .config import apply_override
+
+        for item in args:
+            apply_override(base, item)
+        cfg, run_dir = validate_config(base), resume
+    else:
+        cfg = load_config(source, args)
+        cfg = cfg.model_copy(update={"recipe": cfg.recipe or "genforge train " + " ".join(sys.argv[2:])})
+        run_dir = out or Path("runs") / f"{cfg.task}-{cfg.model.name}-{cfg.data.name}"
+    result = Trainer(cfg, run_dir, resume=resume is not None).fit()
+    if int(os.environ.get("RANK", "0")) == 0:
+        _echo_json(result)
+    if result["status"] == "interrupted":
+        raise typer.Exit(128 + int(result["signal"] or 2))
+
+
+@app.command()
+def sample(
+    run_dir: str = typer.Argument(..., help="Run directory or shipped model name."),
+    n: int = typer.Option(16, "-n", help="Number of images."),
+    seed: int = typer.Option(0, help="Same seed, same images."),
+    steps: int = typer.Option(25, help="Denoising steps (diffusion)."),
+    sampler: str = typer.Option("dpm++", help="ddpm, ddim or dpm++ (diffusion)."),
+    guidance: float = typer.Option(1.0, help="Classifier-free guidance scale (conditional diffusion)."),
+    labels: Optional[str] = typer.Option(None, help="Comma-separated class names or indices."),
+    grid: Optional[Path] = typer.Option(None, help="Write one PNG grid here."),
+    out_dir: Optional[Path] = typer.Option(None, "--out-dir", help="Write one PNG per image here."),
+    device: str = typer.Option("auto"),
+):
+    """Generate images from a GAN or diffusion run."""
+    from . import load
+    from .data.transforms import make_grid, to_uint8
+    from .pipelines.image import ImagePipeline
+
+    if grid is None and out_dir is None:
+        raise GenforgeError("say where to write the images: --grid FILE.png and/or --out-dir DIR")
+    for target in [grid.parent if grid else None, out_dir]:
+        if target is not None:
+            _check_writable(target)
+    pipe = load(run_dir, device=device)
+    if not isinstance(pipe, ImagePipeline):
+        raise GenforgeError(f"{run_dir} is a {pipe.cfg.task!r} run; sample needs a gan or diffusion run")
+    lab = [x.strip() for x in labels.split(",")] if labels else None
+    images = to_uint8(pipe.generate(n=n, seed=seed, steps=steps, sampler=sampler, labels=lab,
+                                    guidance=guidance))
+    written = []
+    if grid is not None:
+        _atomic_png(make_grid(images), grid)
+        written.append(str(grid))
+    if out_dir is not None:
+        from .data.transforms import to_pil_list
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for i, im in enumerate(to_pil_list(images)):
+            _atomic_png(im, out_dir / f"{seed:06d}_{i:05d}.png")
+        written.append(f"{out_dir}/ ({n} files)")
+    typer.echo("wrote " + ", ".join(written))
+
+
+def _check_writable(path: Path) -> None:
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK):
+        raise GenforgeError(f"cannot write to {path}: {probe} is not a writable directory")
+
+
+def _atomic_png(image, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    image.save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+@app.command()
+def info(run_dir: str = typer.Argument(..., help="Run directory or shipped model name.")):
+    """Summarise a run: task, model, parameters, progress, last metrics."""
+    from .pipelines import load_model, resolve_run_dir
+    from .train.checkpoint import latest_state
+    from .train.trainer import pick_device
+
+    path = resolve_run_dir(run_dir)
+    cfg, model = load_model(path, pick_device("cpu"))
+    metrics = []
+    mpath = path / "metrics.jsonl"
+    if mpath.is_file():
+        metrics = [json.loads(x) for x in mpath.read_text().splitlines() if x.strip()]
+    state = latest_state(path)
+    _echo_json({
+        "run_dir": str(path), "task": cfg.task, "model": cfg.model.name,
+        "params": sum(p.numel() for p in model.parameters()),
+        "data": cfg.data.name, "image_size": cfg.data.image_size,
+        "steps": cfg.train.steps, "last_checkpoint": state.name if state else None,
+        "last_metrics": metrics[-1] if metrics else None, "recipe": cfg.recipe, "notes": cfg.notes,
+    })
+
+
+@app.command("models")
+def list_models():
+    """List shipped models, recipes and every registered name."""
+    from .config import RECIPES_DIR
+    from .data import load_dataset  # noqa: F401
+    from .pipelines import shipped_models
+    from .registry import DATASETS, FEATURE_NETS, MODELS, TASKS
+    from . import data, eval as _eval, models, tasks  # noqa: F401
+    from .data import digits, fashion, folder, shapes  # noqa: F401
+    from .models import cnn, diffusion, gan  # noqa: F401
+    from .tasks import classify, diffusion as _d, gan as _g  # noqa: F401
+
+    _echo_json({"shipped": shipped_models(), "recipes": sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")),
+                "models": MODELS.names(), "tasks": TASKS.names(), "datasets": DATASETS.names(),
+                "feature_nets": FEATURE_NETS.names()})
+
+
+@eval_app.command("fid")
+def eval_fid(
+    run_dir: str = typer.Argument(..., help="Run directory or shipped model name to evaluate."),
+    data: Optional[str] = typer.Option(None, help="Reference dataset (default: the run's own)."),
+    data_path: Optional[str] = typer.Option(None, "--data-path", help="Directory for folder/IDX data."),
+    split: str = typer.Option("test", help="Reference split: train or test."),
+    n: int = typer.Option(2000, "-n", help="Generated samples (and reference images)."),
+    feature_net: Optional[str] = typer.Option(None, "--feature-net",
+                                              help="Classifier run dir / shipped name."),
+    inception_weights: Optional[Path] = typer.Option(None, "--inception-weights",
+                                                     help="pt_inception-2015-12-05 weights: standard FID."),
+    steps: int = typer.Option(25), sampler: str = typer.Option("dpm++"),
+    seed: int = typer.Option(0), device: str = typer.Option("auto"),
+    out: Optional[Path] = typer.Option(None, help="Also write the JSON report here."),
+):
+    """FID, KID and precision/recall between generated samples and a dataset."""
+    from .eval.runner import fid_for_run
+
+    report = fid_for_run(run_dir, data=data, data_path=data_path, split=split, n=n,
+                         feature_net=feature_net, inception_weights=inception_weights, steps=steps,
+                         sampler=sampler, seed=seed, device=device)
+    if out is not None:
+        _check_writable(out.parent)
+        out.write_text(json.dumps(report, indent=2) + "\n")
+    _echo_json(report)
+
+
+@eval_app.command("accuracy")
+def eval_accuracy(
+    run_dir: str = typer.Argument(..., help="Classifier run directory or shipped name."),
+    split: str = typer.Option("test"), device: str = typer.Option("auto"),
+):
+    """Top-1 accuracy of a classifier on its dataset's split."""
+    from . import load
+    from .data import load_dataset
+    from .pipelines.classify import ClassifierPipeline
+    from .tasks.classify import accuracy
+
+    pipe = load(run_dir, device=device)
+    if not isinstance(pipe, ClassifierPipeline):
+        raise GenforgeError(f"{run_dir} is a {pipe.cfg.task!r} run; accuracy needs a classify run")
+    ds = load_dataset(pipe.cfg.data.model_copy(update={"split": split, "flip": False}))
+    _echo_json({"accuracy": accuracy(pipe.model, ds.images, ds.labels), "n": len(ds), "split": split})
+
+
+def main() -> None:
+    from .tuning import tune_malloc
+
+    tune_malloc()
+    debug = "--debug" in sys.argv
+    try:
+        code = app(standalone_mode=False)  # click returns (not raises) Exit codes in this mode
+        if isinstance(code, int) and code:
+            sys.exit(code)
+    except GenforgeError as e:
+        if debug:
+            traceback.print_exc()
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except (typer.Exit, SystemExit) as e:
+        code = getattr(e, "exit_code", getattr(e, "code", 0))
+        sys.exit(code)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+    except Exception as e:  # click usage errors and the like
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        if isinstance(e, click.exceptions.Abort):
+            sys.exit(130)
+        if debug:
+            raise
+        typer.echo(f"error: {type(e).__name__}: {e} (run with --debug for a traceback)", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""``genforge eval fid``: sample a run, embed samples and reference images, report FID/KID/PR.
+
+Inception weights cannot be downloaded here, so the default feature net is a genforge classifier
+trained on the same dataset (shipped as ``classifier-<dataset>``); the figure is then reported as
+``FID-<feature net>`` so nobody mistakes it for Inception-FID. ``--inception-weights`` switches to the
+standard network and clean-resize preprocessing.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from ..data import load_dataset
+from ..data.transforms import to_uint8
+from ..errors import GenforgeError
+
+
+def classifier_feature_net(spec: str, device: str = "auto"):
+    from ..pipelines import load_pipeline
+    from ..pipelines.classify import ClassifierPipeline
+    from .fid import ClassifierFeatures
+
+    pipe = load_pipeline(spec, device=device)
+    if not isinstance(pipe, ClassifierPipeline):
+        raise GenforgeError(f"feature net {spec!r} is a {pipe.cfg.task!r} run; it must be a classify run")
+    name = Path(str(pipe.run_dir)).name
+    return ClassifierFeatures(pipe.model, image_size=pipe.image_size, channels=pipe.channels, name=name)
+
+
+def default_feature_net(dataset: str, device: str = "auto"):
+    from ..pipelines import shipped_models
+
+    name = f"classifier-{dataset}"
+    if name not in shipped_models():
+        raise GenforgeError(
+            f"no shipped feature net for dataset {dataset!r}; train one (genforge train "
+            f"classifier_fashion data.name={dataset} --out DIR) and pass --feature-net DIR, "
+            "or pass --inception-weights"
+        )
+    return classifier_feature_net(name, device)
+
+
+def fid_for_run(run_dir: str, data: Optional[str] = None, data_path: Optional[str] = None,
+                split: str = "test", n: int = 2000, feature_net: Optional[str] = None,
+                inception_weights: Optional[Path] = None, steps: int = 25, sampler: str = "dpm++",
+                seed: int = 0, device: str = "auto") -> dict:
+    from ..pipelines import load_pipeline
+    from ..pipelines.image import ImagePipeline
+    from . import fid_report
+
+    pipe = load_pipeline(run_dir, device=device)
+    if not isinstance(pipe, ImagePipeline):
+        raise GenforgeError(f"{run_dir} is a {pipe.cfg.task!r} run; FID needs a gan or diffusion run")
+    dcfg = pipe.cfg.data.model_copy(update={"split": split, "flip": False, "limit": n})
+    if data is not None:
+        dcfg = dcfg.model_copy(update={"name": data})
+    if data_path is not None:
+        dcfg = dcfg.model_copy(update={"path": data_path})
+    ref = load_dataset(dcfg)
+    if inception_weights is not None:
+        from .inception import InceptionFeatures
+
+        net = InceptionFeatures.from_weights(inception_weights)
+    elif feature_net is not None:
+        net = classifier_feature_net(feature_net, device)
+    else:
+        net = default_feature_net(dcfg.name, device)
+    t0 = time.time()
+    fake = to_uint8(pipe.generate(n=n, seed=seed, steps=steps, sampler=sampler))
+    gen_s = time.time() - t0
+    with torch.no_grad():
+        f_real = net.features(ref.images)
+        f_fake = net.features(fake)
+    info = {"run_dir": str(pipe.run_dir), "dataset": dcfg.name, "split": split, "seed": seed,
+            "generate_seconds": round(gen_s, 2)}
+    if pipe.cfg.task == "diffusion":
+        info.update(sampler=sampler, steps=steps)
+    return fid_report(f_real, f_fake, net.name, **info)

@@ -1,0 +1,8 @@
+"""nn.Modules only, no I/O. Each model registers by name so configs can build it."""
+from ..registry import MODELS
+
+
+def build_model(name: str, **params):
+    from . import cnn, diffusion, gan  # noqa: F401  (register the models)
+
+    return MODELS.build(name, **params)

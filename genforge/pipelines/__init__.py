@@ -1,0 +1,68 @@
+"""Pipelines turn a run directory back into something callable. ``load_pipeline`` picks the class
+from the task recorded in config.json."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..config import RunConfig, config_from_json
+from ..errors import GenforgeError
+from ..models import build_model
+from ..train.checkpoint import load_weights
+from ..train.trainer import pick_device
+
+ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
+
+
+def shipped_models() -> list[str]:
+    return sorted(p.name for p in ASSETS_DIR.iterdir() if (p / "config.json").is_file()) \
+        if ASSETS_DIR.is_dir() else []
+
+
+def resolve_run_dir(path: str | Path) -> Path:
+    """A run directory, or the name of a shipped default model (``genforge/assets/NAME``)."""
+    p = Path(path)
+    if p.is_dir():
+        if not (p / "config.json").is_file():
+            raise GenforgeError(f"{p} is not a genforge run directory (no config.json)")
+        return p
+    if (ASSETS_DIR / str(path) / "config.json").is_file() and "/" not in str(path):
+        return ASSETS_DIR / str(path)
+    shipped = ", ".join(shipped_models()) or "none installed"
+    raise GenforgeError(f"no run directory {str(path)!r}; give a path or a shipped model: {shipped}")
+
+
+def load_model(run_dir: Path, device: torch.device) -> tuple[RunConfig, torch.nn.Module]:
+    cfg = config_from_json(run_dir / "config.json")
+    try:
+        model = build_model(cfg.model.name, **cfg.model.params)
+    except (TypeError, ValueError) as e:
+        raise GenforgeError(f"{run_dir}/config.json describes a model that cannot be built: {e}") from None
+    load_weights(model, run_dir / "model.safetensors")
+    return cfg, model.to(device).eval()
+
+
+class Pipeline:
+    def __init__(self, cfg: RunConfig, model: torch.nn.Module, run_dir: Path, device: torch.device):
+        self.cfg, self.model, self.run_dir, self.device = cfg, model, run_dir, device
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.cfg.class_names or [])
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self.run_dir)!r}, model={self.cfg.model.name!r})"
+
+
+def load_pipeline(path: str | Path, device: str = "auto") -> Pipeline:
+    from .classify import ClassifierPipeline
+    from .image import ImagePipeline
+
+    run_dir = resolve_run_dir(path)
+    dev = pick_device(device)
+    cfg, model = load_model(run_dir, dev)
+    by_task = {"gan": ImagePipeline, "diffusion": ImagePipeline, "classify": ClassifierPipeline}
+    if cfg.task not in by_task:
+        raise GenforgeError(f"no pipeline for task {cfg.task!r}; known: {', '.join(by_task)}")
+    return by_task[cfg.task](cfg, model, run_dir, dev)

@@ -1,0 +1,67 @@
+"""Name -> constructor registries for models, tasks, datasets and feature nets.
+
+Configs and the CLI look names up here; an unknown name is a GenforgeError listing the known ones.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable
+
+from .errors import GenforgeError
+
+
+class Registry:
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._items: dict[str, Callable[..., Any]] = {}
+
+    def register(self, name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        def deco(obj: Callable[..., Any]) -> Callable[..., Any]:
+            if name in self._items and self._items[name] is not obj:
+                raise ValueError(f"{self.kind} {name!r} registered twice")
+            self._items[name] = obj
+            return obj
+
+        return deco
+
+    def names(self) -> list[str]:
+        return sorted(self._items)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._items
+
+    def get(self, name: str) -> Callable[..., Any]:
+        if name not in self._items:
+            raise GenforgeError(
+                f"unknown {self.kind} {name!r}; choose one of: {', '.join(self.names())}"
+            )
+        return self._items[name]
+
+    def build(self, name: str, **kwargs: Any) -> Any:
+        """Construct ``name`` with ``kwargs``; unknown keyword arguments are a one-line error."""
+        fn = self.get(name)
+        check_kwargs(fn, kwargs, f"{self.kind} {name!r}")
+        return fn(**kwargs)
+
+
+def check_kwargs(fn: Callable[..., Any], kwargs: dict[str, Any], what: str) -> None:
+    params = inspect.signature(fn).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    valid = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    unknown = [k for k in kwargs if k not in valid]
+    if unknown:
+        raise GenforgeError(
+            f"{what} has no option {unknown[0]!r}; valid options: {', '.join(valid)}"
+        )
+
+
+MODELS = Registry("model")
+TASKS = Registry("task")
+DATASETS = Registry("dataset")
+FEATURE_NETS = Registry("feature net")
+
+register_model = MODELS.register
+register_task = TASKS.register
+register_dataset = DATASETS.register
+register_feature_net = FEATURE_NETS.register

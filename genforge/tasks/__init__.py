@@ -1,0 +1,85 @@
+"""Tasks: what one training step does and what it reports. The trainer knows only this protocol.
+
+A task owns ``model`` (everything saved in model.safetensors) and ``nets`` (name -> module, one
+optimizer each; the trainer may wrap them for DDP). ``step(batch, optimize)`` computes losses and
+calls ``optimize(name, loss)`` once per optimizer it updates, returning detached scalars to log.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from ..config import RunConfig
+from ..data import ImageSet
+from ..errors import GenforgeError
+from ..models import build_model
+from ..registry import MODELS, TASKS, check_kwargs
+
+Optimize = Callable[[str, torch.Tensor], None]
+
+
+class Task:
+    #: which model names this task trains; used for a clear error on a mismatch
+    models: tuple[str, ...] = ()
+
+    def __init__(self, cfg: RunConfig, data: ImageSet | None = None):
+        self.cfg = cfg
+        if cfg.model.name not in self.models:
+            raise GenforgeError(
+                f"task {cfg.task!r} cannot train model {cfg.model.name!r}; use one of: {', '.join(self.models)}"
+            )
+        self.model: nn.Module = build_model(cfg.model.name, **cfg.model.params)
+        self.nets: dict[str, nn.Module] = {"model": self.model}
+
+    def step(self, batch: dict[str, torch.Tensor], optimize: Optimize) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def sample_images(self, model: nn.Module, n: int = 64, seed: int = 0) -> torch.Tensor | None:
+        """Float images in [-1, 1] for the progress grids, or None for tasks without samples."""
+        return None
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        return {}
+
+
+def resolve_model_params(cfg: RunConfig, data: ImageSet) -> RunConfig:
+    """Fill the model's shape arguments from the dataset so config.json alone rebuilds the model."""
+    from ..models import cnn, diffusion, gan  # noqa: F401  (register the models)
+
+    fn = MODELS.get(cfg.model.name)
+    check_kwargs(fn, cfg.model.params, f"model {cfg.model.name!r}")
+    accepted = inspect.signature(fn).parameters
+    known: dict[str, Any] = {"channels": data.channels, "in_channels": data.channels,
+                             "image_size": data.image_size}
+    if data.num_classes:
+        known["num_classes"] = data.num_classes
+    # unconditional models keep num_classes=0 unless the config asks for conditioning
+    wants_classes = cfg.task == "classify" or cfg.model.name == "cgan"
+    params = {k: v for k, v in known.items()
+              if k in accepted and (k != "num_classes" or wants_classes)}
+    params.update(cfg.model.params)
+    for key in ("channels", "in_channels", "image_size"):
+        if key in params and params[key] != known[key]:
+            fix = "data.channels" if "channels" in key else "data.image_size"
+            raise GenforgeError(
+                f"model.params.{key}={params[key]} but the dataset gives {known[key]}; set {fix} instead"
+            )
+    if params.get("num_classes") and not data.num_classes:
+        raise GenforgeError(
+            f"model {cfg.model.name!r} is class-conditional but dataset {cfg.data.name!r} has no labels; "
+            "use a labelled dataset or an unconditional model"
+        )
+    model = cfg.model.model_copy(update={"params": params})
+    return cfg.model_copy(update={"model": model, "class_names": data.class_names})
+
+
+def build_task(cfg: RunConfig, data: ImageSet | None = None) -> Task:
+    from . import classify, diffusion, gan  # noqa: F401  (register the tasks)
+
+    cls = TASKS.get(cfg.task)
+    check_kwargs(cls.__init__, {"cfg": cfg, "data": data, **cfg.task_params}, f"task {cfg.task!r}")
+    return cls(cfg, data, **cfg.task_params)

@@ -1,0 +1,54 @@
+"""GAN training step: DCGAN's non-saturating BCE loss, or hinge loss for the conditional GAN."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..registry import register_task
+from . import Task
+
+
+@register_task("gan")
+class GANTask(Task):
+    models = ("dcgan", "cgan")
+
+    def __init__(self, cfg, data=None):
+        super().__init__(cfg, data)
+        self.nets = {"d": self.model.discriminator, "g": self.model.generator}
+
+    def _labels(self, batch):
+        return batch["label"] if self.model.conditional else None
+
+    def step(self, batch, optimize):
+        real, y = batch["image"], self._labels(batch)
+        g, d = self.nets["g"], self.nets["d"]
+        z = torch.randn(real.shape[0], self.model.z_dim, device=real.device)
+        fake = g(z, y)
+        d_real, d_fake = d(real, y), d(fake.detach(), y)
+        if self.model.loss == "hinge":
+            loss_d = F.relu(1 - d_real).mean() + F.relu(1 + d_fake).mean()
+        else:
+            loss_d = (F.binary_cross_entropy_with_logits(d_real, torch.ones_like(d_real))
+                      + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake)))
+        optimize("d", loss_d)
+        out = d(fake, y)
+        if self.model.loss == "hinge":
+            loss_g = -out.mean()
+        else:
+            loss_g = F.binary_cross_entropy_with_logits(out, torch.ones_like(out))
+        optimize("g", loss_g)
+        return {"loss_d": loss_d.detach(), "loss_g": loss_g.detach(),
+                "d_real": torch.sigmoid(d_real.detach()).mean(),
+                "d_fake": torch.sigmoid(d_fake.detach()).mean()}
+
+    @torch.no_grad()
+    def sample_images(self, model, n=64, seed=0):
+        gen = torch.Generator().manual_seed(seed)
+        device = next(model.parameters()).device
+        z = torch.randn(n, model.z_dim, generator=gen).to(device)
+        y = torch.arange(n, device=device) % model.num_classes if model.conditional else None
+        was = model.training
+        model.eval()
+        x = model.generator(z, y)
+        model.train(was)
+        return x

@@ -1,0 +1,1 @@
+"""The one training loop (trainer.py) and run-directory checkpoints (checkpoint.py)."""

@@ -1,0 +1,154 @@
+"""Run-directory I/O: atomic safetensors writes, optimizer state without pickle, resume points.
+
+Layout of a run directory::
+
+    config.json            resolved RunConfig + genforge version
+    model.safetensors      weights for inference (EMA weights when EMA is on)
+    metrics.jsonl          one JSON object per logged step
+    train_state/step_000500/{model,ema,optim}.safetensors + state.json
+    train_state/latest     name of the newest complete resume point
+
+Every file is written to a temporary name and renamed into place, and a resume point becomes
+visible only when its directory is renamed, so a kill at any moment leaves either the old or the new
+checkpoint, never half of one.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from ..errors import GenforgeError
+
+STATE_DIR = "train_state"
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None):
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    # safetensors refuses shared storage and non-contiguous tensors; clone makes each one standalone
+    save_file({k: v.detach().contiguous().clone().cpu() for k, v in tensors.items()}, str(tmp),
+              metadata=metadata)
+    os.replace(tmp, path)
+
+
+def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if not path.is_file():
+        raise GenforgeError(f"{path} not found: the run directory is incomplete")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise GenforgeError(
+            f"{path} is not a readable safetensors file ({e}); it may be truncated: retrain or restore it"
+        ) from None
+
+
+def load_weights(module: torch.nn.Module, path: Path) -> None:
+    """Load a state dict with a clear error when the checkpoint belongs to another model."""
+    state = load_tensors(path)
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        what = f"missing {missing[0]!r}" if missing else f"unexpected {unexpected[0]!r}"
+        raise GenforgeError(
+            f"{path} does not match the model in config.json ({what}, {len(missing)} missing, "
+            f"{len(unexpected)} unexpected keys): it was saved from a different model"
+        )
+    for k, v in own.items():
+        if v.shape != state[k].shape:
+            raise GenforgeError(
+                f"{path}: tensor {k!r} has shape {tuple(state[k].shape)} but the model expects "
+                f"{tuple(v.shape)}: config.json and the weights come from different models"
+            )
+    module.load_state_dict(state)
+
+
+def optimizer_to_tensors(name: str, opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """Split an optimizer state dict into tensors (safetensors) and plain JSON."""
+    sd = opt.state_dict()
+    tensors, plain_state = {}, {}
+    for idx, st in sd["state"].items():
+        plain_state[str(idx)] = {}
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"{name}.{idx}.{k}"] = v
+            else:
+                plain_state[str(idx)][k] = v
+    return tensors, {"param_groups": sd["param_groups"], "plain": plain_state}
+
+
+def optimizer_from_tensors(name: str, opt: torch.optim.Optimizer, tensors: dict, info: dict) -> None:
+    state: dict[int, dict] = {}
+    for idx, plain in info["plain"].items():
+        state[int(idx)] = dict(plain)
+    prefix = f"{name}."
+    for key, v in tensors.items():
+        if key.startswith(prefix):
+            idx, k = key[len(prefix):].split(".", 1)
+            state.setdefault(int(idx), {})[k] = v
+    opt.load_state_dict({"state": state, "param_groups": info["param_groups"]})
+
+
+def latest_state(run_dir: Path) -> Path | None:
+    """The newest complete resume point, or None when the run never reached one."""
+    root = Path(run_dir) / STATE_DIR
+    pointer = root / "latest"
+    if pointer.is_file():
+        cand = root / pointer.read_text().strip()
+        if (cand / "state.json").is_file():
+            return cand
+    done = sorted(p for p in root.glob("step_*") if (p / "state.json").is_file()) if root.is_dir() else []
+    return done[-1] if done else None
+
+
+def write_state(run_dir: Path, step: int, files: dict[str, dict[str, torch.Tensor]], info: dict,
+                keep_last: int) -> Path:
+    root = Path(run_dir) / STATE_DIR
+    root.mkdir(parents=True, exist_ok=True)
+    name = f"step_{step:08d}"
+    final, tmp = root / name, root / f".{name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    for fname, tensors in files.items():
+        save_tensors(tmp / f"{fname}.safetensors", tensors)
+    atomic_write_json(tmp / "state.json", info)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    atomic_write_bytes(root / "latest", name.encode())
+    for old in sorted(p for p in root.glob("step_*") if p.is_dir())[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final

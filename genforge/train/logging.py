@@ -1,0 +1,75 @@
+"""Training output: a rich progress bar (it/s, ETA), metrics.jsonl and TensorBoard scalars/images."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+
+class Logger:
+    def __init__(self, run_dir: Path, enabled: bool = True, tensorboard: bool = True, total: int = 0,
+                 start: int = 0, progress: bool = True):
+        self.run_dir, self.enabled = Path(run_dir), enabled
+        self.metrics_path = self.run_dir / "metrics.jsonl"
+        self.writer = None
+        self._t0, self._last_t, self._last_step = time.time(), time.time(), start
+        self.progress = None
+        if not enabled:
+            return
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=start or None)
+        if progress and not os.environ.get("GENFORGE_NO_PROGRESS"):
+            self.progress = Progress(
+                TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]:.1f} it/s"), TextColumn("{task.fields[info]}"),
+                TimeRemainingColumn(), transient=False,
+            )
+            self.bar = self.progress.add_task("train", total=total, completed=start, rate=0.0, info="")
+            self.progress.start()
+
+    def truncate_after(self, step: int) -> None:
+        """On resume, drop log lines past the checkpoint: those steps are about to be replayed."""
+        if not self.enabled or not self.metrics_path.is_file():
+            return
+        keep = [ln for ln in self.metrics_path.read_text().splitlines()
+                if ln.strip() and json.loads(ln).get("step", 0) <= step]
+        self.metrics_path.write_text("".join(ln + "\n" for ln in keep))
+
+    def log(self, step: int, values: dict[str, float], images: int | None = None) -> None:
+        if not self.enabled:
+            return
+        now = time.time()
+        rec = {"step": step, "time": round(now - self._t0, 3), **values}
+        if images and step > self._last_step:
+            rate = (step - self._last_step) / max(now - self._last_t, 1e-9)
+            rec["it_per_s"] = round(rate, 3)
+            rec["img_per_s"] = round(rate * images, 2)
+            self._last_t, self._last_step = now, step
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        if self.writer is not None:
+            for k, v in values.items():
+                self.writer.add_scalar(k, v, step)
+        if self.progress is not None:
+            info = " ".join(f"{k}={v:.4g}" for k, v in list(values.items())[:3])
+            self.progress.update(self.bar, info=info, rate=rec.get("it_per_s", 0.0))
+
+    def advance(self, step: int) -> None:
+        if self.progress is not None:
+            self.progress.update(self.bar, completed=step)
+
+    def image(self, tag: str, pil_image, step: int) -> None:
+        if self.writer is not None:
+            self.writer.add_image(tag, np.asarray(pil_image.convert("RGB")), step, dataformats="HWC")
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+        if self.writer is not None:
+            self.writer.close()

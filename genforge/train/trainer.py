@@ -1,0 +1,265 @@
+"""The one training loop: AdamW per net, EMA, grad clipping, optional autocast, DDP, checkpoints.
+
+Resuming is exact because nothing random carries state from one step to the next: the data order
+of epoch e is a permutation seeded by (seed, e), and every step reseeds torch from
+(seed, step, rank). A resumed run therefore replays the same batches and the same noise as an
+uninterrupted one, and with the optimizer, EMA and BatchNorm states restored its losses match.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import random
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from .. import __version__
+from ..config import RunConfig
+from ..data import ImageSet, load_dataset
+from ..data.transforms import make_grid, random_flip, to_float, to_uint8
+from ..errors import GenforgeError
+from ..tasks import build_task, resolve_model_params
+from . import checkpoint as ckpt
+from .logging import Logger
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise GenforgeError(f"device {name!r} requested but CUDA is not available; use train.device=cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise GenforgeError(f"unknown device {name!r}; use auto, cpu or cuda[:N]") from None
+
+
+def _step_seed(seed: int, step: int, rank: int) -> int:
+    return (seed * 1_000_003 + step * 1_009 + rank) % (2**63 - 1)
+
+
+class EMA:
+    """Exponential moving average of a module's parameters (buffers are copied)."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.module = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        # warm-up so early weights do not dominate for thousands of steps
+        d = min(self.decay, (1 + step) / (10 + step))
+        for e, p in zip(self.module.parameters(), model.parameters()):
+            e.lerp_(p.detach(), 1 - d)
+        for e, b in zip(self.module.buffers(), model.buffers()):
+            e.copy_(b)
+
+
+class Trainer:
+    def __init__(self, cfg: RunConfig, run_dir: str | Path, resume: bool = False):
+        self.run_dir, self.resume = Path(run_dir), resume
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.device = pick_device(cfg.train.device)
+        if self.world > 1:
+            self.device = self._init_distributed(cfg)
+        self._check_run_dir()
+        self.data: ImageSet = load_dataset(cfg.data)
+        if len(self.data) < cfg.train.batch_size * self.world:
+            raise GenforgeError(
+                f"dataset {cfg.data.name!r} has {len(self.data)} items, fewer than one batch of "
+                f"{cfg.train.batch_size * self.world}; lower train.batch_size or add data"
+            )
+        self.cfg = resolve_model_params(cfg, self.data)
+        torch.manual_seed(self.cfg.train.seed)
+        self.task = build_task(self.cfg, self.data)
+        self.model = self.task.model.to(self.device)
+        t = self.cfg.train
+        self.opts = {
+            name: torch.optim.AdamW(net.parameters(), lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
+            for name, net in self.task.nets.items()
+        }
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.task.nets = {k: DDP(v, device_ids=ids) for k, v in self.task.nets.items()}
+        self.ema = EMA(self.model, t.ema_decay) if t.ema_decay > 0 else None
+        self.amp_dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=t.amp and self.device.type == "cuda")
+        self._stop_signal: int | None = None
+
+    # ---- set-up -------------------------------------------------------------------------------
+    def _init_distributed(self, cfg: RunConfig) -> torch.device:
+        cuda = torch.cuda.is_available() and cfg.train.device != "cpu"
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if cuda else "gloo")
+        if cuda:
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+            torch.cuda.set_device(local)
+            return torch.device("cuda", local)
+        return torch.device("cpu")
+
+    def _check_run_dir(self) -> None:
+        has_config = (self.run_dir / "config.json").is_file()
+        if self.resume and not has_config:
+            raise GenforgeError(f"nothing to resume in {self.run_dir}: no config.json there")
+        if not self.resume and self.run_dir.exists() and any(self.run_dir.iterdir()):
+            raise GenforgeError(
+                f"run directory {self.run_dir} already exists and is not empty; "
+                "pass --resume to continue it or choose another --out"
+            )
+        probe = self.run_dir if self.run_dir.exists() else self.run_dir.parent
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        if not os.access(probe, os.W_OK):
+            raise GenforgeError(f"cannot write to {probe}; choose a writable --out directory")
+
+    # ---- pieces of a step ---------------------------------------------------------------------
+    def batch(self, step: int) -> dict[str, torch.Tensor]:
+        t = self.cfg.train
+        per_epoch = len(self.data) // (t.batch_size * self.world)
+        epoch, i = divmod(step, per_epoch)
+        perm = torch.randperm(len(self.data), generator=torch.Generator().manual_seed(t.seed + epoch))
+        start = (i * self.world + self.rank) * t.batch_size
+        idx = perm[start:start + t.batch_size]
+        images = to_float(self.data.images[idx])
+        if self.cfg.data.flip:
+            images = random_flip(images, torch.Generator().manual_seed(_step_seed(t.seed, step, self.rank)))
+        batch = {"image": images.to(self.device, non_blocking=True)}
+        if self.data.labels is not None:
+            batch["label"] = self.data.labels[idx].to(self.device, non_blocking=True)
+        return batch
+
+    def optimize(self, name: str, loss: torch.Tensor) -> None:
+        opt, net = self.opts[name], self.task.nets[name]
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(self.device.type, enabled=False):
+            self.scaler.scale(loss).backward()
+        if self.cfg.train.grad_clip > 0:
+            self.scaler.unscale_(opt)
+            nn.utils.clip_grad_norm_(net.parameters(), self.cfg.train.grad_clip)
+        self.scaler.step(opt)
+        self.scaler.update()
+
+    @property
+    def inference_model(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self.model
+
+    # ---- checkpoints --------------------------------------------------------------------------
+    def save(self, step: int) -> None:
+        if self.rank != 0:
+            return
+        files: dict[str, dict[str, torch.Tensor]] = {"model": self.model.state_dict()}
+        if self.ema is not None:
+            files["ema"] = self.ema.module.state_dict()
+        optim_tensors, optim_info = {}, {}
+        for name, opt in self.opts.items():
+            tensors, info = ckpt.optimizer_to_tensors(name, opt)
+            optim_tensors.update(tensors)
+            optim_info[name] = info
+        files["optim"] = optim_tensors
+        info = {"step": step, "optim": optim_info, "scaler": self.scaler.state_dict()}
+        ckpt.write_state(self.run_dir, step, files, info, self.cfg.train.keep_last)
+        ckpt.save_tensors(self.run_dir / "model.safetensors", self.inference_model.state_dict(),
+                          metadata={"step": str(step), "format": "pt"})
+
+    def load_state(self) -> int:
+        state_dir = ckpt.latest_state(self.run_dir)
+        if state_dir is None:
+            return 0
+        info = json.loads((state_dir / "state.json").read_text())
+        ckpt.load_weights(self.model, state_dir / "model.safetensors")
+        if self.ema is not None:
+            ckpt.load_weights(self.ema.module, state_dir / "ema.safetensors")
+        optim = ckpt.load_tensors(state_dir / "optim.safetensors")
+        for name, opt in self.opts.items():
+            ckpt.optimizer_from_tensors(name, opt, optim, info["optim"][name])
+        if info.get("scaler"):
+            self.scaler.load_state_dict(info["scaler"])
+        return int(info["step"])
+
+    def write_config(self) -> None:
+        if self.rank != 0:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        data = {"genforge_version": __version__, **self.cfg.model_dump(mode="json")}
+        ckpt.atomic_write_json(self.run_dir / "config.json", data)
+
+    # ---- the loop -----------------------------------------------------------------------------
+    def _on_signal(self, signum, frame) -> None:
+        self._stop_signal = signum
+
+    def save_samples(self, logger: Logger, step: int) -> None:
+        if self.rank != 0:
+            return
+        images = self.task.sample_images(self.inference_model, n=64, seed=self.cfg.train.seed)
+        if images is None:
+            return
+        grid = make_grid(to_uint8(images.cpu()))
+        (self.run_dir / "samples").mkdir(exist_ok=True)
+        grid.save(self.run_dir / "samples" / f"step_{step:08d}.png")
+        logger.image("samples", grid, step)
+
+    def fit(self) -> dict[str, Any]:
+        t = self.cfg.train
+        if self.resume:
+            start = self.load_state()
+        else:
+            start = 0
+            self.write_config()
+        if self.world > 1:
+            dist.barrier()
+        logger = Logger(self.run_dir, enabled=self.rank == 0, tensorboard=t.tensorboard,
+                        total=t.steps, start=start)
+        logger.truncate_after(start)
+        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        status, done, last = "completed", start, {}
+        self.model.train()
+        try:
+            for step in range(start, t.steps):
+                torch.manual_seed(_step_seed(t.seed, step, self.rank))
+                random.seed(_step_seed(t.seed, step, self.rank))
+                np.random.seed(_step_seed(t.seed, step, self.rank) % 2**32)
+                batch = self.batch(step)
+                with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=t.amp):
+                    out = self.task.step(batch, self.optimize)
+                if self.ema is not None:
+                    self.ema.update(self.model, step)
+                done = step + 1
+                if done % t.log_every == 0 or done == t.steps:
+                    last = {k: float(v) for k, v in out.items()}
+                    logger.log(done, last, images=t.batch_size * self.world)
+                logger.advance(done)
+                if t.sample_every and done % t.sample_every == 0 and done != t.steps:
+                    self.save_samples(logger, done)
+                if done % t.ckpt_every == 0 and done != t.steps:
+                    self.save(done)
+                if self._stop_signal is not None:
+                    self.save(done)
+                    status = "interrupted"
+                    break
+            else:
+                self.save(t.steps)
+                self.save_samples(logger, t.steps)
+                if self.rank == 0:
+                    metrics = self.task.evaluate(self.inference_model)
+                    if metrics:
+                        last.update(metrics)
+                        logger.log(t.steps, metrics)
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+            logger.close()
+            if self.world > 1 and dist.is_initialized():
+                dist.barrier()
+        return {"status": status, "step": done,
+                "signal": self._stop_signal, "run_dir": str(self.run_dir), "metrics": last}

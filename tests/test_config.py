@@ -1,0 +1,47 @@
+import pytest
+
+from genforge.config import RECIPES_DIR, load_config
+from genforge.errors import GenforgeError
+
+
+def test_overrides_are_typed():
+    cfg = load_config(None, ["train.lr=1e-3", "train.betas=[0.9, 0.99]", "data.flip=true",
+                             "model.params.width=16"])
+    assert cfg.train.lr == 1e-3 and cfg.train.betas == (0.9, 0.99) and cfg.data.flip is True
+    assert cfg.model.params == {"width": 16}
+
+
+def test_unknown_key_lists_valid_keys():
+    with pytest.raises(GenforgeError, match=r"unknown config key 'train.lrr'.*valid keys here: steps"):
+        load_config(None, ["train.lrr=1"])
+    with pytest.raises(GenforgeError, match=r"unknown config key 'foo'.*task"):
+        load_config(None, ["foo=1"])
+
+
+def test_bad_values_name_the_key():
+    with pytest.raises(GenforgeError, match=r"train.lr"):
+        load_config(None, ["train.lr=-1"])
+    with pytest.raises(GenforgeError, match=r"data.split"):
+        load_config(None, ["data.split=validation"])
+    with pytest.raises(GenforgeError, match="KEY=VALUE"):
+        load_config(None, ["train.lr"])
+
+
+def test_unknown_recipe_lists_recipes():
+    with pytest.raises(GenforgeError, match="dcgan_fashion"):
+        load_config("no_such_recipe")
+
+
+@pytest.mark.parametrize("path", sorted(RECIPES_DIR.glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_recipes_validate(path):
+    cfg = load_config(path)
+    assert cfg.task in {"gan", "diffusion", "classify"}
+
+
+def test_unknown_names_list_choices():
+    from genforge.models import build_model
+
+    with pytest.raises(GenforgeError, match="dcgan"):
+        build_model("dcgann")
+    with pytest.raises(GenforgeError, match="has no option 'widht'.*width"):
+        build_model("dcgan", widht=3)
