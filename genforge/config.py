@@ -43,6 +43,8 @@ class TrainConfig(_Strict):
     lr: float = Field(2e-4, gt=0)
     betas: tuple[float, float] = (0.5, 0.999)
     weight_decay: float = Field(0.0, ge=0)
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    warmup_steps: int = Field(0, ge=0)
     ema_decay: float = Field(0.0, ge=0, lt=1)  # 0 disables EMA
     grad_clip: float = Field(0.0, ge=0)  # 0 disables clipping
     amp: bool = False  # autocast (bf16 on CPU, fp16 on CUDA)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import random
 import signal
@@ -40,6 +41,17 @@ def pick_device(name: str = "auto") -> torch.device:
         return torch.device(name)
     except RuntimeError:
         raise GenforgeError(f"unknown device {name!r}; use auto, cpu or cuda[:N]") from None
+
+
+def lr_at(cfg, step: int) -> float:
+    """Learning rate of a step; a pure function of the step, so resuming needs no scheduler state."""
+    t = cfg.train
+    if t.warmup_steps and step < t.warmup_steps:
+        return t.lr * (step + 1) / t.warmup_steps
+    if t.lr_schedule == "cosine":
+        span = max(1, t.steps - t.warmup_steps)
+        return t.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - t.warmup_steps) / span)))
+    return t.lr
 
 
 def _step_seed(seed: int, step: int, rank: int) -> int:
@@ -120,7 +132,7 @@ class Trainer:
         probe = self.run_dir if self.run_dir.exists() else self.run_dir.parent
         while not probe.exists() and probe != probe.parent:
             probe = probe.parent
-        if not os.access(probe, os.W_OK):
+        if not probe.is_dir() or not os.access(probe, os.W_OK):
             raise GenforgeError(f"cannot write to {probe}; choose a writable --out directory")
 
     # ---- pieces of a step ---------------------------------------------------------------------
@@ -229,6 +241,9 @@ class Trainer:
                 torch.manual_seed(_step_seed(t.seed, step, self.rank))
                 random.seed(_step_seed(t.seed, step, self.rank))
                 np.random.seed(_step_seed(t.seed, step, self.rank) % 2**32)
+                for opt in self.opts.values():
+                    for group in opt.param_groups:
+                        group["lr"] = lr_at(self.cfg, step)
                 batch = self.batch(step)
                 with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=t.amp):
                     out = self.task.step(batch, self.optimize)

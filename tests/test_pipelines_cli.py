@@ -1,0 +1,164 @@
+"""Pipelines and the CLI as a user meets them: sample, info, eval accuracy, and every bad input."""
+import json
+import os
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+import genforge
+from conftest import TINY_DIFFUSION, TINY_GAN
+from genforge.config import load_config
+from genforge.errors import GenforgeError
+from genforge.train.trainer import Trainer
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    gan = load_config(None, TINY_GAN + ["train.steps=3"])
+    Trainer(gan, root / "gan").fit()
+    diff = load_config(None, TINY_DIFFUSION + ["train.steps=3"])
+    Trainer(diff, root / "diff").fit()
+    cgan = load_config(None, TINY_GAN + ["model.name=cgan", "train.steps=2", "model.params.d_width=4"])
+    Trainer(cgan, root / "cgan").fit()
+    clf = load_config(None, ["task=classify", "model.name=cnn", "model.params.width=4", "data.name=digits",
+                             "data.image_size=16", "data.limit=64", "train.batch_size=16", "train.steps=3",
+                             "train.tensorboard=false"])
+    Trainer(clf, root / "clf").fit()
+    return root
+
+
+def test_same_seed_same_images(runs):
+    for name in ("gan", "diff"):
+        pipe = genforge.load(runs / name)
+        a, b = pipe(n=3, seed=7, steps=4), pipe(n=3, seed=7, steps=4)
+        c = pipe(n=3, seed=8, steps=4)
+        assert all(isinstance(x, Image.Image) and x.size == (16, 16) for x in a)
+        assert [x.tobytes() for x in a] == [x.tobytes() for x in b]
+        assert [x.tobytes() for x in a] != [x.tobytes() for x in c]
+
+
+def test_batching_does_not_change_images(runs):
+    pipe = genforge.load(runs / "gan")
+    whole = pipe.generate(n=5, seed=1)
+    split = pipe.generate(n=5, seed=1, batch_size=2)
+    assert (whole == split).all()
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpm++"])
+def test_samplers(runs, sampler):
+    x = genforge.load(runs / "diff").generate(n=2, steps=3, sampler=sampler)
+    assert x.shape == (2, 1, 16, 16) and x.abs().max() <= 1
+
+
+def test_conditional_labels(runs):
+    pipe = genforge.load(runs / "cgan")
+    assert len(pipe(n=2, labels=["3", "7"])) == 2
+    with pytest.raises(GenforgeError, match="out of range"):
+        pipe(n=1, labels=[12])
+    with pytest.raises(GenforgeError, match="takes no labels"):
+        genforge.load(runs / "gan")(n=1, labels=[1])
+
+
+def test_classifier_pipeline(runs):
+    pipe = genforge.load(runs / "clf")
+    out = pipe(Image.new("L", (40, 30), 128), top_k=2)
+    assert len(out[0]) == 2 and abs(sum(p["score"] for p in out[0])) <= 1.0 + 1e-6
+
+
+def test_cli_sample_grid_and_dir(runs, cli, tmp_path):
+    code, out, err = cli("sample", runs / "diff", "-n", "4", "--steps", "3", "--grid", tmp_path / "g.png",
+                         "--out-dir", tmp_path / "imgs")
+    assert code == 0, err
+    assert Image.open(tmp_path / "g.png").size[0] > 16
+    assert len(list((tmp_path / "imgs").glob("*.png"))) == 4
+
+
+def test_cli_info(runs, cli):
+    code, out, err = cli("info", runs / "gan")
+    assert code == 0, err
+    info = json.loads(out)
+    assert info["task"] == "gan" and info["params"] > 0 and info["last_metrics"]["step"] == 3
+
+
+def test_cli_accuracy(runs, cli):
+    code, out, err = cli("eval", "accuracy", runs / "clf")
+    assert code == 0, err
+    assert 0 <= json.loads(out)["accuracy"] <= 1
+
+
+@pytest.mark.parametrize("args,pattern", [
+    (["train", "train.lrr=1"], "unknown config key 'train.lrr'"),
+    (["train", "model.name=nope"], "unknown model 'nope'; choose one of"),
+    (["train", "data.name=nope"], "unknown dataset 'nope'"),
+    (["train", "task=nope"], "unknown task 'nope'"),
+    (["train", "task=diffusion", "model.name=dcgan"], "cannot train model 'dcgan'"),
+    (["train", "data.name=folder"], "data.path is required"),
+    (["train", "data.name=folder", "data.path=/nonexistent/x"], "/nonexistent/x"),
+    (["train", "train.steps=abc"], "train.steps"),
+    (["sample", "/nonexistent/run", "--grid", "x.png"], "no run directory"),
+])
+def test_cli_bad_input_is_one_line_exit_2(cli, tmp_path, args, pattern):
+    os.chdir(tmp_path)
+    code, out, err = cli(*args, *(["--out", tmp_path / "r"] if args[0] == "train" else []))
+    assert code == 2
+    assert pattern in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "r").exists(), "no partial run directory is left behind"
+
+
+def test_cli_bad_sampler_and_truncated_weights(runs, cli, tmp_path):
+    code, _, err = cli("sample", runs / "diff", "--sampler", "euler", "--grid", tmp_path / "x.png")
+    assert code == 2 and "unknown sampler 'euler'" in err
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for f in ("config.json",):
+        (broken / f).write_bytes((runs / "gan" / f).read_bytes())
+    data = (runs / "gan" / "model.safetensors").read_bytes()
+    (broken / "model.safetensors").write_bytes(data[: len(data) // 2])
+    code, _, err = cli("sample", broken, "--grid", tmp_path / "x.png")
+    assert code == 2 and "truncated" in err
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_checkpoint_from_another_model(runs, cli, tmp_path):
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    (mixed / "config.json").write_bytes((runs / "gan" / "config.json").read_bytes())
+    (mixed / "model.safetensors").write_bytes((runs / "diff" / "model.safetensors").read_bytes())
+    code, _, err = cli("sample", mixed, "--grid", tmp_path / "x.png")
+    assert code == 2 and "different model" in err
+    cfg = json.loads((runs / "gan" / "config.json").read_text())
+    cfg["model"]["params"]["width"] = 12
+    (mixed / "config.json").write_text(json.dumps(cfg))
+    (mixed / "model.safetensors").write_bytes((runs / "gan" / "model.safetensors").read_bytes())
+    code, _, err = cli("sample", mixed, "--grid", tmp_path / "x.png")
+    assert code == 2 and "shape" in err
+
+
+def test_unwritable_output(runs, cli, tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        if os.access(ro, os.W_OK):
+            pytest.skip("running as a user that ignores permissions")
+        code, _, err = cli("sample", runs / "gan", "--grid", ro / "x.png")
+        assert code == 2 and "writable" in err
+        code, _, err = cli("train", *TINY_GAN, "--out", ro / "run")
+        assert code == 2 and "writ" in err
+    finally:
+        ro.chmod(0o700)
+
+
+def test_output_under_a_file(runs, cli, tmp_path):
+    (tmp_path / "file.txt").write_text("x")
+    code, _, err = cli("sample", runs / "gan", "--grid", tmp_path / "file.txt" / "x.png")
+    assert code == 2 and "writable" in err
+    code, _, err = cli("train", *TINY_GAN, "--out", tmp_path / "file.txt" / "run")
+    assert code == 2 and "writable" in err
+
+
+def test_debug_shows_traceback(cli, tmp_path):
+    code, _, err = cli("--debug", "sample", "/nonexistent", "--grid", tmp_path / "x.png")
+    assert code == 2 and "Traceback" in err
