@@ -202,6 +202,116 @@ def eval_accuracy(
     ds = load_dataset(pipe.cfg.data.model_copy(update={"split": split, "flip": False}))
     _echo_json({"accuracy": accuracy(pipe.model, ds.images, ds.labels), "n": len(ds), "split": split})
 
+# -- serving: genforge serve, genforge keys ------------------------------------------------------
+keys_app = typer.Typer(no_args_is_help=True, help="Manage API keys for `genforge serve`.")
+app.add_typer(keys_app, name="keys")
+_KEYS_HELP = "Keys file (default: $GENFORGE_KEYS or ~/.genforge/keys.json)."
+
+
+def _key_store(store: Optional[Path]):
+    from .serve.auth import KeyStore
+    from .serve.settings import default_keys_path
+
+    return KeyStore(store or default_keys_path())
+
+
+@app.command()
+def serve(
+    models: List[str] = typer.Argument(None, help="Run directories or shipped model names "
+                                       "(default: every shipped model)."),
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
+    port: int = typer.Option(8000),
+    max_batch_size: int = typer.Option(16, "--max-batch-size", help="Images per merged forward pass "
+                                       "(1 turns batching off)."),
+    max_wait_ms: float = typer.Option(10.0, "--max-wait-ms", help="How long a request waits for others "
+                                      "to batch with."),
+    queue_size: int = typer.Option(64, "--queue-size", help="Waiting requests per model before 503."),
+    jobs_url: Optional[str] = typer.Option(None, "--jobs-url", help="SQLAlchemy URL of the jobs database "
+                                           "(default: sqlite:///~/.genforge/jobs.db)."),
+    keys: Optional[Path] = typer.Option(None, "--keys", help=_KEYS_HELP),
+    rate_limit: float = typer.Option(20.0, "--rate-limit", help="Requests per second per key (0: off)."),
+    rate_burst: int = typer.Option(40, "--rate-burst", help="Requests a key may send at once."),
+    redact_inputs: bool = typer.Option(False, "--redact-inputs", help="Keep prompts and labels out of logs."),
+    metrics_open: bool = typer.Option(False, "--metrics-open", help="Serve /metrics without a key."),
+    ssl_certfile: Optional[Path] = typer.Option(None, "--ssl-certfile"),
+    ssl_keyfile: Optional[Path] = typer.Option(None, "--ssl-keyfile"),
+    device: str = typer.Option("auto"),
+    threads: int = typer.Option(0, help="Torch CPU threads (0: torch's default)."),
+    log_level: str = typer.Option("info", "--log-level"),
+):
+    """Serve models over HTTP: OpenAI-style API under /v1, web page at /, docs at /docs."""
+    import ipaddress
+
+    from pydantic import ValidationError
+
+    from .pipelines import resolve_run_dir, shipped_models
+    from .serve.settings import Settings
+
+    if (ssl_certfile is None) != (ssl_keyfile is None):
+        raise GenforgeError("TLS needs both --ssl-certfile and --ssl-keyfile")
+    for f in (ssl_certfile, ssl_keyfile):
+        if f is not None and not f.is_file():
+            raise GenforgeError(f"{f} does not exist")
+    if not models and not shipped_models():
+        raise GenforgeError("no shipped models are installed yet; pass run directories: genforge serve runs/NAME")
+    for m in models or []:
+        resolve_run_dir(m)  # a typo is a one-line error here, not a traceback from the server
+    try:
+        settings = Settings(models=list(models or []), device=device, threads=threads,
+                            max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, queue_size=queue_size,
+                            jobs_url=jobs_url, rate_limit=rate_limit, rate_burst=rate_burst,
+                            redact_inputs=redact_inputs, metrics_open=metrics_open,
+                            **({"keys_path": keys} if keys else {}))
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise GenforgeError(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}") from None
+    import uvicorn
+
+    from .serve.app import create_app
+    from .serve.observability import configure_logging
+
+    configure_logging(log_level.upper())
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not loopback and ssl_certfile is None:
+        typer.echo(f"warning: serving plain HTTP on {host}: API keys cross the network in clear; "
+                   "use --ssl-certfile/--ssl-keyfile or a TLS proxy", err=True)
+    uvicorn.run(create_app(settings), host=host, port=port, log_config=None, access_log=False,
+                log_level=log_level.lower(), ssl_certfile=str(ssl_certfile) if ssl_certfile else None,
+                ssl_keyfile=str(ssl_keyfile) if ssl_keyfile else None, timeout_graceful_shutdown=10)
+
+
+@keys_app.command("create")
+def keys_create(
+    name: str = typer.Option(..., "--name", help="Who or what the key is for."),
+    scopes: str = typer.Option("generate", "--scopes", help="Comma-separated: generate, classify, admin."),
+    rate_limit: Optional[float] = typer.Option(None, "--rate-limit", help="Requests per second for this "
+                                               "key (default: the server's --rate-limit)."),
+    store: Optional[Path] = typer.Option(None, "--store", help=_KEYS_HELP),
+):
+    """Create a key; it is printed once (stdout) and stored only as a salted hash."""
+    ks = _key_store(store)
+    rec, key = ks.create(name, scopes, rate_limit)
+    typer.echo(f"created key {rec.id} ({rec.name}; scopes {','.join(rec.scopes)}) in {ks.path}. "
+               "Copy it now: it cannot be shown again.", err=True)
+    typer.echo(key)
+
+
+@keys_app.command("list")
+def keys_list(store: Optional[Path] = typer.Option(None, "--store", help=_KEYS_HELP)):
+    """List keys (ids, names, scopes; never the keys themselves)."""
+    _echo_json([k.public() for k in _key_store(store).list()])
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: str = typer.Argument(..., help="The key id (see `genforge keys list`)."),
+                store: Optional[Path] = typer.Option(None, "--store", help=_KEYS_HELP)):
+    """Revoke a key; a running server refuses it from its next request."""
+    rec = _key_store(store).revoke(key_id)
+    typer.echo(f"revoked key {rec.id} ({rec.name})")
+
 
 def main() -> None:
     from .tuning import tune_malloc

@@ -15,7 +15,9 @@ PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-if ! .venv/bin/python -c "import genforge, torch, pytest" 2>/dev/null; then
+# the import list names one package per group of dependencies, so a venv made before a group was
+# added gets it on the next run
+if ! .venv/bin/python -c "import genforge, torch, pytest, fastapi, sqlalchemy, httpx, python_multipart" 2>/dev/null; then
   .venv/bin/python -m pip install -q --upgrade pip
   # the CPU build of torch; a bare `torch` requirement would pull a multi-GB CUDA build
   .venv/bin/python -m pip install -q torch==2.13.0

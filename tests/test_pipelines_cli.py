@@ -162,3 +162,20 @@ def test_output_under_a_file(runs, cli, tmp_path):
 def test_debug_shows_traceback(cli, tmp_path):
     code, _, err = cli("--debug", "sample", "/nonexistent", "--grid", tmp_path / "x.png")
     assert code == 2 and "Traceback" in err
+
+
+def test_cli_eval_fid_with_a_classifier_feature_net(runs, cli, tmp_path):
+    code, out, err = cli("eval", "fid", runs / "gan", "--feature-net", runs / "clf", "-n", "40",
+                         "--out", tmp_path / "fid.json")
+    assert code == 0, err
+    rep = json.loads(out)
+    assert rep["metric"] == "FID-clf" and rep["n_fake"] == 40 and rep["n_real"] == 40
+    assert rep["fid"] > 0 and 0 <= rep["precision"] <= 1 and 0 <= rep["recall"] <= 1
+    assert json.loads((tmp_path / "fid.json").read_text())["fid"] == rep["fid"]
+
+
+def test_cli_eval_fid_bad_feature_net(runs, cli):
+    code, _, err = cli("eval", "fid", runs / "gan", "--feature-net", runs / "diff", "-n", "8")
+    assert code == 2 and "must be a classify run" in err
+    code, _, err = cli("eval", "fid", runs / "gan", "--inception-weights", "/nonexistent.pth", "-n", "8")
+    assert code == 2 and "nonexistent" in err

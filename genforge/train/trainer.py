@@ -12,6 +12,7 @@ import json
 import math
 import os
 import random
+import resource
 import signal
 import time
 from pathlib import Path
@@ -276,5 +277,6 @@ class Trainer:
             logger.close()
             if self.world > 1 and dist.is_initialized():
                 dist.barrier()
-        return {"status": status, "step": done,
+        rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+        return {"status": status, "step": done, "peak_rss_mb": round(rss_mb, 1),
                 "signal": self._stop_signal, "run_dir": str(self.run_dir), "metrics": last}
