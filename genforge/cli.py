@@ -119,6 +119,31 @@ def _atomic_png(image, path: Path) -> None:
 
 
 @app.command()
+def export(
+    run_dir: str = typer.Argument(..., help="Diffusion run directory or shipped model name."),
+    out: Path = typer.Argument(..., help="Directory to write the diffusers pipeline to."),
+):
+    """Export a diffusion run as a diffusers DDPMPipeline (loadable with from_pretrained)."""
+    from diffusers import DDPMPipeline
+
+    from . import load
+
+    pipe = load(run_dir, device="cpu")
+    if pipe.cfg.task != "diffusion" or pipe.model.num_classes:
+        raise GenforgeError("export supports unconditional diffusion runs (diffusers' DDPMPipeline)")
+    _check_writable(out)
+    if out.exists() and any(out.iterdir()):
+        raise GenforgeError(f"{out} exists and is not empty; choose a new directory")
+    tmp = out.with_name(f".{out.name}.tmp")
+    DDPMPipeline(unet=pipe.model.unet, scheduler=pipe.model.make_scheduler("ddpm")).save_pretrained(
+        tmp, safe_serialization=True)
+    if out.exists():
+        out.rmdir()
+    os.replace(tmp, out)
+    typer.echo(f"wrote {out} (diffusers DDPMPipeline; load with DDPMPipeline.from_pretrained)")
+
+
+@app.command()
 def info(run_dir: str = typer.Argument(..., help="Run directory or shipped model name.")):
     """Summarise a run: task, model, parameters, progress, last metrics."""
     from .pipelines import load_model, resolve_run_dir
@@ -254,8 +279,16 @@ def serve(
             raise GenforgeError(f"{f} does not exist")
     if not models and not shipped_models():
         raise GenforgeError("no shipped models are installed yet; pass run directories: genforge serve runs/NAME")
+    from .config import config_from_json
+
+    seen: dict[str, str] = {}
     for m in models or []:
-        resolve_run_dir(m)  # a typo is a one-line error here, not a traceback from the server
+        run_dir = resolve_run_dir(m)  # a typo is a one-line error here, not a traceback from the server
+        config_from_json(run_dir / "config.json")
+        if run_dir.name in seen:
+            raise GenforgeError(f"{seen[run_dir.name]} and {m} are both named {run_dir.name!r}; model ids are "
+                                "run directory names, so serve directories with different names")
+        seen[run_dir.name] = m
     try:
         settings = Settings(models=list(models or []), device=device, threads=threads,
                             max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, queue_size=queue_size,

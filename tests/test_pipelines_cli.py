@@ -179,3 +179,19 @@ def test_cli_eval_fid_bad_feature_net(runs, cli):
     assert code == 2 and "must be a classify run" in err
     code, _, err = cli("eval", "fid", runs / "gan", "--inception-weights", "/nonexistent.pth", "-n", "8")
     assert code == 2 and "nonexistent" in err
+
+
+def test_export_to_diffusers(runs, cli, tmp_path):
+    import torch
+    from diffusers import DDPMPipeline
+
+    code, _, err = cli("export", runs / "diff", tmp_path / "hf")
+    assert code == 0, err
+    hf = DDPMPipeline.from_pretrained(tmp_path / "hf")
+    ours = genforge.load(runs / "diff").model
+    x, t = torch.randn(2, 1, 16, 16), torch.tensor([3, 10])
+    with torch.no_grad():
+        assert torch.allclose(hf.unet(x, t).sample, ours(x, t), atol=1e-6)
+    assert hf.scheduler.config.num_train_timesteps == 50
+    code, _, err = cli("export", runs / "gan", tmp_path / "hf2")
+    assert code == 2 and "diffusion" in err
