@@ -23,3 +23,19 @@ if ! .venv/bin/python -c "import genforge, torch, pytest, fastapi, sqlalchemy, h
   .venv/bin/python -m pip install -q torch==2.13.0
   .venv/bin/python -m pip install -q -e ".[test]"
 fi
+
+# The browser test (tests/test_web_ui.py) drives Debian's chromium through the playwright Python
+# package; no browser is ever downloaded. Optional: if either install fails that one test is skipped.
+# GENFORGE_NO_BROWSER=1 skips both installs.
+if [ "${GENFORGE_NO_BROWSER:-0}" != "1" ]; then
+  if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null; then
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo -n"
+    { DEBIAN_FRONTEND=noninteractive $SUDO apt-get update -qq \
+      && DEBIAN_FRONTEND=noninteractive timeout 600 $SUDO apt-get install -y -qq chromium >/dev/null; } \
+      || echo "setup: chromium not installed; the browser test will be skipped" >&2
+  fi
+  if ! .venv/bin/python -c "import playwright" 2>/dev/null; then
+    .venv/bin/python -m pip install -q "playwright>=1.40" \
+      || echo "setup: playwright not installed; the browser test will be skipped" >&2
+  fi
+fi

@@ -2,8 +2,12 @@ import os
 import sys
 
 import pytest
+import torch
 
 os.environ.setdefault("GENFORGE_NO_PROGRESS", "1")
+# Tiny test models run fastest single-threaded, and a busy machine makes extra threads much slower.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
 
 
 @pytest.fixture

@@ -74,8 +74,12 @@ class DiffusionModel(nn.Module):
         if sampler == "ddim":
             return DDIMScheduler(**self.scheduler_config, clip_sample=True)
         if sampler == "dpm++":
+            # The cosine schedule ends at alpha_bar ~ 1e-9, where the data prediction x0 = (x - sigma
+            # eps) / alpha explodes; DDPM/DDIM clip x0 to [-1, 1], so DPM-Solver++ thresholds it the
+            # same way and starts one stride below t=T ("leading" spacing) instead of at it.
             return DPMSolverMultistepScheduler(
-                **self.scheduler_config, algorithm_type="dpmsolver++", solver_order=2
+                **self.scheduler_config, algorithm_type="dpmsolver++", solver_order=2,
+                thresholding=True, sample_max_value=1.0, timestep_spacing="leading",
             )
         raise GenforgeError(f"unknown sampler {sampler!r}; choose one of: {', '.join(SAMPLERS)}")
 
@@ -93,9 +97,6 @@ class DiffusionModel(nn.Module):
         """Denoise ``noise`` into images in [-1, 1]. ``guidance`` > 1 applies classifier-free
         guidance between ``labels`` and the null class."""
         sched = self.make_scheduler(sampler)
-        if sampler == "ddpm" and steps < self.scheduler_config["num_train_timesteps"]:
-            # DDPM with fewer steps is legal in diffusers (it strides the chain); allowed, not hidden.
-            pass
         sched.set_timesteps(steps, device=noise.device)
         x = noise * sched.init_noise_sigma
         guided = labels is not None and guidance != 1.0

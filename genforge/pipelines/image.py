@@ -44,6 +44,25 @@ class ImagePipeline(Pipeline):
                 out.append(i)
         return torch.tensor(out * (n // len(out) + 1))[:n]
 
+    def check_sampling(self, steps: int, sampler: str) -> None:
+        if self.kind == "diffusion":
+            if sampler not in SAMPLERS:
+                raise GenforgeError(f"unknown sampler {sampler!r}; choose one of: {', '.join(SAMPLERS)}")
+            if steps < 1:
+                raise GenforgeError(f"steps must be at least 1, got {steps}")
+
+    def label_tensor(self, n: int, labels: Optional[Sequence[int | str]] = None) -> Optional[torch.Tensor]:
+        """The class index of each of ``n`` images (None for unconditional models); checks names."""
+        return self._labels(n, labels)
+
+    def draw_noise(self, n: int, seed: int) -> torch.Tensor:
+        """The starting noise of ``generate(n, seed)``, drawn on the CPU."""
+        gen = torch.Generator().manual_seed(seed)
+        m = self.model
+        if self.kind == "gan":
+            return torch.randn(n, m.z_dim, generator=gen)
+        return torch.randn(n, m.channels, m.image_size, m.image_size, generator=gen)
+
     @torch.no_grad()
     def generate(self, n: int = 16, seed: int = 0, steps: int = 25, sampler: str = "dpm++",
                  labels: Optional[Sequence[int | str]] = None, guidance: float = 1.0,
@@ -51,21 +70,27 @@ class ImagePipeline(Pipeline):
         """Float images in [-1, 1], (n, C, H, W), on the CPU."""
         if n < 1:
             raise GenforgeError(f"n must be at least 1, got {n}")
-        if self.kind == "diffusion":
-            if sampler not in SAMPLERS:
-                raise GenforgeError(f"unknown sampler {sampler!r}; choose one of: {', '.join(SAMPLERS)}")
-            if steps < 1:
-                raise GenforgeError(f"steps must be at least 1, got {steps}")
+        self.check_sampling(steps, sampler)
         y = self._labels(n, labels)
-        gen = torch.Generator().manual_seed(seed)
-        m = self.model
         # all noise is drawn up front on the CPU so results do not depend on batch size or device
-        if self.kind == "gan":
-            noise = torch.randn(n, m.z_dim, generator=gen)
-        else:
-            noise = torch.randn(n, m.channels, m.image_size, m.image_size, generator=gen)
+        return self.generate_from_noise(self.draw_noise(n, seed), y, seed=seed, steps=steps,
+                                        sampler=sampler, guidance=guidance, batch_size=batch_size,
+                                        progress=progress)
+
+    @torch.no_grad()
+    def generate_from_noise(self, noise: torch.Tensor, y: Optional[torch.Tensor] = None, seed: int = 0,
+                            steps: int = 25, sampler: str = "dpm++", guidance: float = 1.0,
+                            batch_size: int = 64,
+                            progress: Optional[Callable[[int, int], None]] = None) -> torch.Tensor:
+        """Run the model on given starting noise (``draw_noise``) and class indices (``label_tensor``).
+
+        The server concatenates the noise of several requests, each drawn with its own seed, into
+        one forward pass. ``seed`` only seeds the ddpm sampler's per-step noise (chunk ``i`` uses
+        ``seed + i``); ddim, dpm++ and GANs are deterministic given the noise.
+        """
+        m = self.model
         out = []
-        for i in range(0, n, batch_size):
+        for i in range(0, len(noise), batch_size):
             z = noise[i:i + batch_size].to(self.device)
             yy = y[i:i + batch_size].to(self.device) if y is not None else None
             if self.kind == "gan":

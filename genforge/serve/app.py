@@ -1,0 +1,352 @@
+"""The HTTP server: ``create_app(Settings(...))`` returns a FastAPI app; its lifespan loads every
+model once, starts one batching worker per model and the background-job runner.
+
+Routes: /v1/models, /v1/images/generations (OpenAI's shape), /v1/samples, /v1/images/classify,
+/v1/jobs; /healthz, /readyz and /metrics for operators; the web page at /; OpenAPI docs at /docs.
+Every /v1 route needs ``Authorization: Bearer <key>`` (see auth.py); errors are OpenAI-style JSON.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import logging
+import secrets
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+from fastapi import Depends, FastAPI, File, Form, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.security import HTTPBearer
+from fastapi.staticfiles import StaticFiles
+from PIL import Image, UnidentifiedImageError
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+
+from .. import __version__
+from ..errors import GenforgeError
+from .auth import KeyRecord, KeyStore, RateLimiter, retry_after_header
+from .batching import QueueFull
+from .jobs import JobRunner, JobStore, fernet_from_env
+from .models import ImageClassifier, ImageGenerator, ModelNotFound, Models, load_models
+from .observability import (AuthMiddleware, BodyLimitMiddleware, Metrics, ObserveMiddleware, error_body,
+                            event)
+from .schemas import (ClassifyResponse, ImageGenerationRequest, ImagesResponse, JobRequest, ModelList, SamplesJobParams,
+                      SamplesRequest, SamplesResponse)
+from .settings import Settings
+
+WEB_DIR = Path(__file__).resolve().parent / "web"
+_bearer = HTTPBearer(auto_error=False, description="An API key from `genforge keys create`.")
+_CSP = ("default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
+        "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
+
+
+class _ApiError(Exception):
+    def __init__(self, status: int, message: str, code: str, param: Optional[str] = None,
+                 headers: Optional[dict] = None):
+        super().__init__(message)
+        self.status, self.message, self.code, self.param, self.headers = status, message, code, param, headers
+
+
+def require(scope: str) -> Callable[..., KeyRecord]:
+    """Route dependency: the caller's key (checked by AuthMiddleware) must carry ``scope``."""
+    def dep(request: Request, _creds: Any = Depends(_bearer)) -> KeyRecord:
+        key = getattr(request.state, "key", None)
+        if key is None:  # the middleware guards every /v1 path; this is a second lock on the door
+            raise _ApiError(401, "missing API key", "missing_api_key")
+        if not key.allows(scope):
+            raise _ApiError(403, f"API key {key.id} lacks the {scope!r} scope (it has: "
+                                 f"{', '.join(key.scopes)})", "insufficient_scope")
+        return key
+    return dep
+
+
+def _note(request: Request, settings: Settings, **fields: Any) -> None:
+    """Add fields to this request's log line; prompts and labels only without --redact-inputs."""
+    for k in ("prompt", "labels"):
+        if k in fields and fields[k] is not None and settings.redact_inputs:
+            fields[k] = "[redacted]"
+    if isinstance(fields.get("prompt"), str):
+        fields["prompt"] = fields["prompt"][:200]
+    request.state.log = {**getattr(request.state, "log", {}), **fields}
+
+
+@contextmanager
+def _param(name: str) -> Iterator[None]:
+    """A GenforgeError from checking the request becomes a 422 naming ``name``."""
+    try:
+        yield
+    except GenforgeError as e:
+        raise _ApiError(422, str(e), "invalid_value", name) from None
+
+
+def _seed(seed: Optional[int]) -> int:
+    return secrets.randbelow(2**31) if seed is None else seed
+
+
+def _b64(pngs: list[bytes]) -> list[str]:
+    return [base64.b64encode(p).decode("ascii") for p in pngs]
+
+
+def _read_image(data: bytes, max_pixels: int) -> Image.Image:
+    if not data:
+        raise _ApiError(400, "the uploaded file is empty", "invalid_image", "image")
+    try:
+        im = Image.open(io.BytesIO(data))
+        w, h = im.size  # from the header, before any pixels are decoded
+        if w * h > max_pixels:
+            raise _ApiError(413, f"image is {w}x{h} pixels; at most {max_pixels} pixels are accepted",
+                            "image_too_large", "image")
+        im.load()
+    except _ApiError:
+        raise
+    except Image.DecompressionBombError:
+        raise _ApiError(413, "image would decompress to too many pixels", "image_too_large", "image")
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        raise _ApiError(400, "the upload is not an image this server can read (PNG, JPEG, GIF, BMP, "
+                             "WebP ...)", "invalid_image", "image") from None
+    return im
+
+
+def create_app(settings: Optional[Settings] = None) -> FastAPI:
+    settings = settings or Settings()
+    keys = KeyStore(settings.keys_path)
+    metrics = Metrics()
+    state: dict[str, Any] = {"ready": False}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if settings.threads:
+            import torch
+
+            torch.set_num_threads(settings.threads)
+        executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="genforge-infer")
+        models: Models = await run_in_threadpool(load_models, settings, executor, metrics)
+        for m in models:
+            m.batcher.start()
+        store = await run_in_threadpool(JobStore, settings.resolved_jobs_url(), fernet_from_env())
+        runner = JobRunner(store, {"samples": run_samples_job}, max_attempts=settings.job_max_attempts,
+                           metrics=metrics)
+        state.update(models=models, store=store, runner=runner)
+        recovered = await runner.start()
+        if not any(not k.revoked for k in keys.list()):
+            event("no API keys yet: every /v1 request will get 401; create one with "
+                  "`genforge keys create --name NAME --scopes generate,classify`", logging.WARNING,
+                  keys=str(keys.path))
+        event("ready", models=[m.id for m in models], jobs_db=store.safe_url, recovered=recovered,
+              max_batch_size=settings.max_batch_size, max_wait_ms=settings.max_wait_ms)
+        state["ready"] = True
+        try:
+            yield
+        finally:
+            state["ready"] = False
+            await runner.stop()
+            for m in models:
+                await m.batcher.stop()
+            executor.shutdown(wait=False, cancel_futures=True)
+            store.close()
+
+    app = FastAPI(title="genforge", version=__version__, lifespan=lifespan,
+                  description="Generate and classify images with genforge models. Send "
+                              "`Authorization: Bearer <key>` on every /v1 route.")
+    app.state.settings, app.state.keys, app.state.metrics, app.state.serve = settings, keys, metrics, state
+
+    async def run_samples_job(params: dict, progress: Callable[[float], None]) -> dict:
+        p = SamplesJobParams.model_validate(params)
+        try:
+            gen = state["models"].get(p.model, ImageGenerator.kind)
+        except ModelNotFound as e:  # queued before a restart that dropped the model
+            raise GenforgeError(f"{e}; restart the server with it to run this job") from None
+        seed = _seed(p.seed)
+        item = gen.prepare(p.n, seed, p.steps, p.sampler, p.guidance, p.labels)
+        pngs = await gen.generate_job(item, progress)
+        return {"model": gen.id, "seed": seed, "size": gen.details()["size"], "images": _b64(pngs)}
+
+    # -- errors ------------------------------------------------------------------------------------
+    @app.exception_handler(_ApiError)
+    async def _api_error(request: Request, e: _ApiError):
+        kind = {401: "authentication_error", 403: "permission_error", 404: "not_found_error",
+                503: "server_overloaded"}.get(e.status, "invalid_request_error")
+        return JSONResponse(error_body(e.message, e.code, kind, e.param), e.status, headers=e.headers)
+
+    @app.exception_handler(ModelNotFound)
+    async def _not_found(request: Request, e: ModelNotFound):
+        return JSONResponse(error_body(str(e), "model_not_found", "not_found_error", "model"), 404)
+
+    @app.exception_handler(GenforgeError)
+    async def _genforge_error(request: Request, e: GenforgeError):
+        return JSONResponse(error_body(str(e), "invalid_value"), 422)
+
+    @app.exception_handler(QueueFull)
+    async def _queue_full(request: Request, e: QueueFull):
+        return JSONResponse(error_body(str(e), "queue_full", "server_overloaded"), 503,
+                            headers={"Retry-After": retry_after_header(e.retry_after)})
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, e: RequestValidationError):
+        errs = e.errors()
+        parts, first = [], None
+        for err in errs[:5]:
+            if err["type"] == "json_invalid":  # loc holds a character offset, not a field
+                where = err["loc"][-1] if len(err["loc"]) > 1 else "?"
+                parts.append(f"the body is not valid JSON (error at character {where}: "
+                             f"{err.get('ctx', {}).get('error', err['msg'])})")
+                continue
+            loc = ".".join(str(x) for x in err["loc"] if x not in ("body", "query", "path"))
+            first = first or loc or None
+            parts.append(f"{loc or 'body'}: {err['msg']}")
+        body = error_body("; ".join(parts), "invalid_request", param=first)
+        body["error"]["details"] = [{"loc": list(x["loc"]), "msg": x["msg"], "type": x["type"]} for x in errs[:20]]
+        return JSONResponse(body, 422)
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, e: HTTPException):
+        return JSONResponse(error_body(str(e.detail), f"http_{e.status_code}"), e.status_code,
+                            headers=getattr(e, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _crash(request: Request, e: Exception):
+        logging.getLogger("genforge.serve").exception("unhandled error")
+        return JSONResponse(error_body("internal server error; see the server log", "internal_error",
+                                       "server_error"), 500)
+
+    # -- operators -------------------------------------------------------------------------------
+    @app.get("/healthz", tags=["operations"])
+    def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["operations"])
+    def readyz():
+        if not state["ready"]:
+            return JSONResponse({"status": "starting"}, 503)
+        return {"status": "ready", "models": [m.id for m in state["models"]]}
+
+    @app.get("/metrics", tags=["operations"], response_class=Response)
+    def prometheus(request: Request):
+        if not settings.metrics_open:
+            key = getattr(request.state, "key", None)
+            if key is None or not key.allows("admin"):
+                raise _ApiError(403, "/metrics needs a key with the 'admin' scope (or start the server "
+                                     "with --metrics-open)", "insufficient_scope")
+        for m in state.get("models") or []:
+            metrics.queue_depth.labels(m.id).set(m.batcher.depth)
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    # -- the API ---------------------------------------------------------------------------------
+    @app.get("/v1/models", response_model=ModelList, tags=["models"])
+    def list_models(key: KeyRecord = Depends(require("any"))):
+        return {"object": "list", "data": [m.info() for m in state["models"]]}
+
+    @app.post("/v1/images/generations", response_model=ImagesResponse, tags=["images"])
+    async def images_generations(body: ImageGenerationRequest, request: Request,
+                                 key: KeyRecord = Depends(require("generate"))):
+        gen: ImageGenerator = state["models"].get(body.model, ImageGenerator.kind)
+        _note(request, settings, model=gen.id, n=body.n, prompt=body.prompt)
+        want = f"{gen.image_size}x{gen.image_size}"
+        if body.size is not None and body.size != want:
+            raise _ApiError(422, f"size {body.size} is not available: model {gen.id!r} makes {want} images",
+                            "invalid_size", "size")
+        seed = _seed(body.seed)
+        with _param("prompt"):
+            item = gen.prepare(body.n, seed, body.steps, body.sampler, body.guidance,
+                               gen.label_for_prompt(body.prompt))
+        pngs = await gen.generate(item)
+        return {"created": int(time.time()), "data": [{"b64_json": b} for b in _b64(pngs)],
+                "model": gen.id, "seed": seed}
+
+    @app.post("/v1/samples", response_model=SamplesResponse, tags=["images"])
+    async def samples(body: SamplesRequest, request: Request, key: KeyRecord = Depends(require("generate"))):
+        gen: ImageGenerator = state["models"].get(body.model, ImageGenerator.kind)
+        _note(request, settings, model=gen.id, n=body.n, labels=body.labels)
+        seed = _seed(body.seed)
+        with _param("labels"):
+            item = gen.prepare(body.n, seed, body.steps, body.sampler, body.guidance, body.labels)
+        pngs = await gen.generate(item)
+        return {"model": gen.id, "seed": seed, "size": f"{gen.image_size}x{gen.image_size}",
+                "images": _b64(pngs)}
+
+    @app.post("/v1/images/classify", response_model=ClassifyResponse, tags=["images"])
+    async def classify(request: Request, image: UploadFile = File(..., description="The image to label."),
+                       model: Optional[str] = Form(None, max_length=200),
+                       top_k: int = Form(3, ge=1, le=100),
+                       key: KeyRecord = Depends(require("classify"))):
+        clf: ImageClassifier = state["models"].get(model, ImageClassifier.kind)
+        _note(request, settings, model=clf.id)
+        data = await image.read()
+        im = await run_in_threadpool(_read_image, data, settings.max_image_pixels)
+        return {"model": clf.id, "labels": await clf.classify(im, top_k)}
+
+    @app.post("/v1/jobs", status_code=202, tags=["jobs"])
+    async def create_job(body: JobRequest, request: Request, key: KeyRecord = Depends(require("generate"))):
+        gen: ImageGenerator = state["models"].get(body.params.model, ImageGenerator.kind)
+        p = body.params
+        if p.n > settings.max_job_images:
+            raise _ApiError(422, f"params.n: at most {settings.max_job_images} images per job",
+                            "invalid_value", "params.n")
+        with _param("params.labels"):
+            gen.prepare(p.n, 0, p.steps, p.sampler, p.guidance, p.labels)  # refuse now, not later
+        _note(request, settings, model=gen.id, n=p.n, labels=p.labels)
+        # the seed is fixed now, so a job re-run after a crash makes the same images
+        params = {**p.model_dump(mode="json"), "model": gen.id, "seed": _seed(p.seed)}
+        store: JobStore = state["store"]
+        job_id = await run_in_threadpool(store.create, body.type, gen.id, params, key.id)
+        state["runner"].notify()
+        return store.public(await run_in_threadpool(store.row, job_id))
+
+    @app.get("/v1/jobs", tags=["jobs"])
+    async def list_jobs(key: KeyRecord = Depends(require("any"))):
+        store: JobStore = state["store"]
+        rows = await run_in_threadpool(store.list, None if key.allows("admin") else key.id)
+        return {"object": "list", "data": [store.public(r, with_result=False) for r in rows]}
+
+    @app.get("/v1/jobs/{job_id}", tags=["jobs"])
+    async def get_job(job_id: str, key: KeyRecord = Depends(require("any"))):
+        store: JobStore = state["store"]
+        row = await run_in_threadpool(store.row, job_id[:64])
+        if row is None or (row.owner != key.id and not key.allows("admin")):
+            raise _ApiError(404, f"no job {job_id[:64]!r} for this key", "job_not_found", "job_id")
+        return store.public(row)
+
+    # -- the web page ------------------------------------------------------------------------------
+    @app.get("/", include_in_schema=False)
+    def index():
+        return FileResponse(WEB_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+    app.mount("/web", StaticFiles(directory=WEB_DIR), name="web")
+
+    # outermost last: observe -> body limit -> auth -> routes
+    app.add_middleware(_SecurityHeaders)
+    app.add_middleware(AuthMiddleware, store=keys, limiter=RateLimiter(settings.rate_limit, settings.rate_burst),
+                       auth_fail_rate=settings.auth_fail_rate,
+                       metrics_open=settings.metrics_open)
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
+    app.add_middleware(ObserveMiddleware, metrics=metrics)
+    return app
+
+
+class _SecurityHeaders:
+    """nosniff everywhere; the strict CSP on the web page and its files (not on /docs, whose page
+    loads Swagger UI from a CDN)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        page = scope["path"] == "/" or scope["path"].startswith("/web/")
+
+        async def with_headers(message):
+            if message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-content-type-options"]
+                headers.append((b"x-content-type-options", b"nosniff"))
+                if page:
+                    headers += [(b"content-security-policy", _CSP.encode()), (b"referrer-policy", b"no-referrer")]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
+

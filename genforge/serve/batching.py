@@ -1,0 +1,159 @@
+"""Dynamic batching: one asyncio worker per model merges concurrent requests into one forward pass.
+
+A request is ``Work(payload, size, key)``. The worker takes the oldest request, then keeps taking
+requests with the same ``key`` (compatible settings: same sampler and steps, say) until the batch
+holds ``max_batch_size`` items or ``max_wait_ms`` has passed since it started waiting, and runs
+``run_batch(payloads) -> results`` in a thread so the event loop keeps answering. A ``key`` of None
+means "never merge". Requests of other keys wait in arrival order for the next batch.
+
+The queue is bounded: past ``queue_size`` waiting requests, ``submit`` raises ``QueueFull`` at once
+(the server answers 503 with Retry-After) instead of letting latency grow without limit.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Hashable, Optional, Sequence
+
+log = logging.getLogger("genforge.serve")
+
+
+class QueueFull(Exception):
+    def __init__(self, model: str, depth: int, retry_after: float):
+        super().__init__(f"model {model!r} has {depth} requests waiting; try again shortly")
+        self.retry_after = retry_after
+
+
+@dataclass
+class Work:
+    payload: Any
+    size: int
+    key: Optional[Hashable]
+    future: asyncio.Future
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+class Batcher:
+    def __init__(self, name: str, run_batch: Callable[[Sequence[Any]], Sequence[Any]], *,
+                 max_batch_size: int = 16, max_wait_ms: float = 10.0, queue_size: int = 64,
+                 executor: Optional[Executor] = None, metrics: Any = None):
+        self.name, self.run_batch = name, run_batch
+        self.max_batch_size, self.max_wait = max_batch_size, max_wait_ms / 1000.0
+        self.queue_size, self.executor, self.metrics = queue_size, executor, metrics
+        self._waiting: collections.deque[Work] = collections.deque()
+        self._wakeup: Optional[asyncio.Event] = None
+        self._task: Optional[asyncio.Task] = None
+        self._avg_batch_s = 0.5  # running estimate, for Retry-After
+
+    @property
+    def depth(self) -> int:
+        return len(self._waiting)
+
+    def start(self) -> None:
+        self._wakeup = asyncio.Event()
+        self._task = asyncio.get_running_loop().create_task(self._worker(), name=f"batcher-{self.name}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        for w in self._waiting:
+            if not w.future.done():
+                w.future.set_exception(RuntimeError("server shutting down"))
+        self._waiting.clear()
+
+    async def submit(self, payload: Any, size: int = 1, key: Optional[Hashable] = None,
+                     force: bool = False) -> Any:
+        """Queue one request and wait for its result. ``force`` skips the bound (background jobs,
+        which must not be refused after they were accepted)."""
+        if self._task is None or self._wakeup is None:
+            raise RuntimeError("batcher not started")
+        if not force and self.depth >= self.queue_size:
+            if self.metrics is not None:
+                self.metrics.rejected.labels(self.name).inc()
+            raise QueueFull(self.name, self.depth, self._avg_batch_s * (1 + self.depth / self.max_batch_size))
+        work = Work(payload, size, key, asyncio.get_running_loop().create_future())
+        self._waiting.append(work)
+        self._gauge()
+        self._wakeup.set()
+        return await work.future
+
+    def _gauge(self) -> None:
+        if self.metrics is not None:
+            self.metrics.queue_depth.labels(self.name).set(self.depth)
+
+    def _take_compatible(self, batch: list[Work], total: int) -> int:
+        """Move waiting requests that fit the batch from the queue into it, in arrival order."""
+        head = batch[0]
+        if head.key is None:
+            return total
+        keep: collections.deque[Work] = collections.deque()
+        while self._waiting:
+            w = self._waiting.popleft()
+            if w.future.cancelled():
+                continue
+            if w.key == head.key and total + w.size <= self.max_batch_size:
+                batch.append(w)
+                total += w.size
+            else:
+                keep.append(w)
+        self._waiting = keep
+        return total
+
+    async def _next_batch(self) -> list[Work]:
+        assert self._wakeup is not None
+        while True:
+            while not self._waiting:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            head = self._waiting.popleft()
+            if not head.future.cancelled():
+                break
+        batch, total = [head], head.size
+        total = self._take_compatible(batch, total)
+        deadline = asyncio.get_running_loop().time() + self.max_wait
+        while head.key is not None and total < self.max_batch_size:
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                break
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except asyncio.TimeoutError:
+                break
+            total = self._take_compatible(batch, total)
+        return batch
+
+    async def _worker(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._next_batch()
+            self._gauge()
+            batch = [w for w in batch if not w.future.cancelled()]
+            if not batch:
+                continue
+            start = time.perf_counter()
+            try:
+                results = await loop.run_in_executor(self.executor, self.run_batch,
+                                                     [w.payload for w in batch])
+            except Exception as e:  # the whole batch failed: every caller sees the error
+                for w in batch:
+                    if not w.future.done():
+                        w.future.set_exception(e)
+                continue
+            elapsed = time.perf_counter() - start
+            self._avg_batch_s = 0.8 * self._avg_batch_s + 0.2 * elapsed
+            if self.metrics is not None:
+                self.metrics.batch_images.labels(self.name).observe(sum(w.size for w in batch))
+                self.metrics.batch_requests.labels(self.name).observe(len(batch))
+                self.metrics.inference.labels(self.name).observe(elapsed)
+            for w, r in zip(batch, results):
+                if not w.future.done():
+                    w.future.set_result(r)

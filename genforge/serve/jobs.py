@@ -1,0 +1,329 @@
+"""Background jobs: a SQLAlchemy table (SQLite with WAL by default, any SQLAlchemy URL works) and
+one runner task per server that claims queued jobs one at a time.
+
+Nothing is lost to a crash. A running job carries its worker (host:pid) and a heartbeat; at startup
+and then every few seconds, running jobs whose worker is a dead process on this host, or whose
+heartbeat is stale (another host), are re-queued, and after ``max_attempts`` runs they fail with
+the reason. Claiming is a conditional UPDATE, so several servers can share one database.
+
+With ``GENFORGE_JOBS_KEY`` (a Fernet key) a job's params and results are encrypted at rest.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import secrets
+import socket
+import time
+from typing import Any, Awaitable, Callable, Optional
+
+from sqlalchemy import (Boolean, Column, Float, Integer, LargeBinary, MetaData, String, Table, Text,
+                        create_engine, event, select, update)
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.pool import StaticPool
+
+from ..errors import GenforgeError
+
+log = logging.getLogger("genforge.serve")
+STATUSES = ("queued", "running", "succeeded", "failed")
+
+metadata = MetaData()
+jobs = Table(
+    "genforge_jobs", metadata,
+    Column("id", String(40), primary_key=True),
+    Column("type", String(32), nullable=False),
+    Column("model", String(200), nullable=False),
+    Column("owner", String(64), nullable=False),
+    Column("status", String(16), nullable=False, index=True),
+    Column("progress", Float, nullable=False, default=0.0),
+    Column("params", LargeBinary, nullable=False),
+    Column("result", LargeBinary),
+    Column("encrypted", Boolean, nullable=False, default=False),
+    Column("error", Text),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("worker", String(200)),
+    Column("created", Float, nullable=False),
+    Column("started", Float),
+    Column("finished", Float),
+    Column("heartbeat", Float),
+)
+
+
+def fernet_from_env():
+    key = os.environ.get("GENFORGE_JOBS_KEY")
+    if not key:
+        return None
+    from cryptography.fernet import Fernet
+
+    try:
+        return Fernet(key.encode())
+    except ValueError:
+        raise GenforgeError("GENFORGE_JOBS_KEY is not a Fernet key (32 url-safe base64-encoded bytes); make "
+                            "one with: python -c 'from cryptography.fernet import Fernet; "
+                            "print(Fernet.generate_key().decode())'") from None
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        memory = url in ("sqlite://", "sqlite:///:memory:")
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
+                               poolclass=StaticPool if memory else None)
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(conn, _record):  # WAL: readers never block the writer, and crash-safe commits
+            cur = conn.cursor()
+            if not memory:
+                cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+def _pid_alive(worker: Optional[str]) -> bool:
+    """False only when ``worker`` (host:pid:tag) names a process of this host that has exited."""
+    host, pid, _ = ((worker or "").split(":") + ["", "", ""])[:3]
+    if host != socket.gethostname() or not pid.isdigit():
+        return True  # another host: only its heartbeat can tell
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+class JobStore:
+    def __init__(self, url: str, fernet: Any = None):
+        self.url, self.fernet = url, fernet
+        self.worker = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        try:
+            self.engine = make_engine(url)
+            metadata.create_all(self.engine)
+        except SQLAlchemyError as e:
+            raise GenforgeError(f"cannot open the jobs database {self.safe_url}: {e.__class__.__name__}: "
+                                f"{str(e).splitlines()[0]}") from None
+
+    @property
+    def safe_url(self) -> str:
+        from sqlalchemy.engine import make_url
+
+        return make_url(self.url).render_as_string(hide_password=True)
+
+    def _seal(self, data: bytes) -> bytes:
+        return self.fernet.encrypt(data) if self.fernet is not None else data
+
+    def _open(self, row: Any, data: Optional[bytes]) -> Optional[Any]:
+        if data is None:
+            return None
+        if row.encrypted:
+            if self.fernet is None:
+                raise GenforgeError("this job is encrypted at rest; start the server with the "
+                                    "GENFORGE_JOBS_KEY that wrote it")
+            from cryptography.fernet import InvalidToken
+
+            try:
+                data = self.fernet.decrypt(data)
+            except InvalidToken:
+                raise GenforgeError("this job was encrypted with another GENFORGE_JOBS_KEY") from None
+        return json.loads(data)
+
+    def create(self, type: str, model: str, params: dict, owner: str) -> str:
+        job_id = "job_" + secrets.token_hex(12)
+        with self.engine.begin() as c:
+            c.execute(jobs.insert().values(
+                id=job_id, type=type, model=model, owner=owner, status="queued", progress=0.0,
+                params=self._seal(json.dumps(params).encode()), encrypted=self.fernet is not None,
+                attempts=0, created=time.time()))
+        return job_id
+
+    def row(self, job_id: str) -> Any:
+        with self.engine.connect() as c:
+            return c.execute(select(jobs).where(jobs.c.id == job_id)).first()
+
+    def params(self, row: Any) -> dict:
+        return self._open(row, row.params)
+
+    def public(self, row: Any, with_result: bool = True) -> dict:
+        out = {"id": row.id, "object": "job", "type": row.type, "model": row.model, "status": row.status,
+               "progress": round(row.progress or 0.0, 4), "attempts": row.attempts, "error": row.error,
+               "created": row.created, "started": row.started, "finished": row.finished}
+        try:
+            out["params"] = self.params(row)
+            if with_result and row.status == "succeeded":
+                out["result"] = self._open(row, row.result)
+        except GenforgeError as e:
+            out["params"], out["result_error"] = None, str(e)
+        return out
+
+    def list(self, owner: Optional[str], limit: int = 50) -> list[Any]:
+        q = select(jobs).order_by(jobs.c.created.desc()).limit(limit)
+        if owner is not None:
+            q = q.where(jobs.c.owner == owner)
+        with self.engine.connect() as c:
+            return list(c.execute(q))
+
+    def claim_next(self) -> Any:
+        """Atomically move the oldest queued job to running; None when there is none."""
+        with self.engine.connect() as c:
+            ids = [r.id for r in c.execute(select(jobs.c.id).where(jobs.c.status == "queued")
+                                           .order_by(jobs.c.created).limit(5))]
+        for job_id in ids:
+            now = time.time()
+            with self.engine.begin() as c:
+                res = c.execute(update(jobs).where(jobs.c.id == job_id, jobs.c.status == "queued").values(
+                    status="running", started=now, heartbeat=now, worker=self.worker, progress=0.0,
+                    attempts=jobs.c.attempts + 1))
+            if res.rowcount == 1:
+                return self.row(job_id)
+        return None
+
+    def touch(self, job_id: str, progress: float) -> None:
+        with self.engine.begin() as c:
+            c.execute(update(jobs).where(jobs.c.id == job_id, jobs.c.status == "running")
+                      .values(progress=min(max(progress, 0.0), 1.0), heartbeat=time.time()))
+
+    def succeed(self, job_id: str, result: dict) -> None:
+        with self.engine.begin() as c:
+            c.execute(update(jobs).where(jobs.c.id == job_id).values(
+                status="succeeded", progress=1.0, result=self._seal(json.dumps(result).encode()),
+                finished=time.time(), error=None))
+
+    def fail(self, job_id: str, reason: str) -> None:
+        with self.engine.begin() as c:
+            c.execute(update(jobs).where(jobs.c.id == job_id).values(
+                status="failed", error=reason, finished=time.time()))
+
+    def requeue(self, job_id: str, reason: str) -> None:
+        with self.engine.begin() as c:
+            c.execute(update(jobs).where(jobs.c.id == job_id, jobs.c.status == "running").values(
+                status="queued", progress=0.0, error=reason, attempts=jobs.c.attempts - 1))
+
+    def recover(self, max_attempts: int, stale_s: float, active: frozenset[str] = frozenset()
+                ) -> dict[str, int]:
+        """Running jobs whose worker is gone: re-queue them, or fail them after ``max_attempts``.
+        Gone: ours but not in ``active``, a dead process of this host, or a stale heartbeat."""
+        now, counts = time.time(), {"requeued": 0, "failed": 0}
+        with self.engine.connect() as c:
+            running = list(c.execute(select(jobs).where(jobs.c.status == "running")))
+        for r in running:
+            if r.worker == self.worker:
+                gone = r.id not in active
+            else:
+                gone = not _pid_alive(r.worker) or now - (r.heartbeat or 0) > stale_s
+            if not gone:
+                continue
+            where = (jobs.c.id == r.id) & (jobs.c.status == "running") & (jobs.c.worker == r.worker)
+            if r.attempts >= max_attempts:
+                values = dict(status="failed", finished=now,
+                              error=f"the server running this job stopped during each of its {r.attempts} "
+                                    f"attempts (last worker {r.worker}); giving up")
+                key = "failed"
+            else:
+                values = dict(status="queued", progress=0.0,
+                              error=f"re-queued: the server running it stopped (worker {r.worker}, "
+                                    f"attempt {r.attempts} of {max_attempts})")
+                key = "requeued"
+            with self.engine.begin() as c:
+                counts[key] += c.execute(update(jobs).where(where).values(**values)).rowcount
+        return counts
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+Handler = Callable[[dict, Callable[[float], None]], Awaitable[dict]]
+
+
+class JobRunner:
+    """Runs queued jobs one at a time. ``handlers[type](params, progress) -> result dict``; a
+    GenforgeError (or any exception) fails the job with its message."""
+
+    def __init__(self, store: JobStore, handlers: dict[str, Handler], *, max_attempts: int = 2,
+                 stale_s: float = 30.0, poll_s: float = 2.0, metrics: Any = None):
+        self.store, self.handlers, self.metrics = store, handlers, metrics
+        self.max_attempts, self.stale_s, self.poll_s = max_attempts, stale_s, poll_s
+        self._active: set[str] = set()
+        self._wakeup = asyncio.Event()
+        self._task: Optional[asyncio.Task] = None
+
+    def notify(self) -> None:
+        self._wakeup.set()
+
+    async def start(self) -> dict[str, int]:
+        counts = await asyncio.to_thread(self.store.recover, self.max_attempts, self.stale_s)
+        if any(counts.values()):
+            log.warning("jobs interrupted by a stopped server", extra={"fields": counts})
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name="genforge-jobs")
+        return counts
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        active, self._active = set(self._active), set()
+        for job_id in active:  # a clean shutdown is not a failed attempt: queue it for the next start
+            with contextlib.suppress(SQLAlchemyError):
+                await asyncio.to_thread(self.store.requeue, job_id, "re-queued: the server shut down")
+
+    async def _loop(self) -> None:
+        last_sweep = time.monotonic()
+        while True:
+            try:
+                if time.monotonic() - last_sweep > min(10.0, self.stale_s / 3):
+                    last_sweep = time.monotonic()
+                    await asyncio.to_thread(self.store.recover, self.max_attempts, self.stale_s,
+                                            frozenset(self._active))
+                row = await asyncio.to_thread(self.store.claim_next)
+            except SQLAlchemyError as e:  # database away for a moment: keep serving, try again
+                log.error("jobs database error", extra={"fields": {"error": str(e).splitlines()[0]}})
+                row = None
+            if row is None:
+                self._wakeup.clear()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), self.poll_s)
+                continue
+            await self._run(row)
+
+    async def _run(self, row: Any) -> None:
+        state = {"progress": 0.0}
+        self._active.add(row.id)
+        beat = asyncio.get_running_loop().create_task(self._heartbeat(row.id, state))
+        status, reason = "failed", None
+        try:
+            handler = self.handlers.get(row.type)
+            if handler is None:
+                raise GenforgeError(f"unknown job type {row.type!r}; this server runs: "
+                                    f"{', '.join(self.handlers)}")
+            params = self.store.params(row)
+            result = await handler(params, lambda p: state.__setitem__("progress", p))
+            await asyncio.to_thread(self.store.succeed, row.id, result)
+            status = "succeeded"
+        except asyncio.CancelledError:
+            beat.cancel()
+            raise  # shutting down: stop() puts the job back in the queue
+        except GenforgeError as e:
+            reason = str(e)
+        except Exception as e:
+            log.exception("job failed", extra={"fields": {"job": row.id}})
+            reason = f"internal error: {type(e).__name__}: {e}"
+        beat.cancel()
+        self._active.discard(row.id)
+        if reason is not None:
+            await asyncio.to_thread(self.store.fail, row.id, reason)
+        if self.metrics is not None:
+            self.metrics.jobs.labels(status).inc()
+        log.info("job finished", extra={"fields": {"job": row.id, "status": status, "type": row.type}})
+
+    async def _heartbeat(self, job_id: str, state: dict) -> None:
+        while True:
+            with contextlib.suppress(SQLAlchemyError):
+                await asyncio.to_thread(self.store.touch, job_id, state["progress"])
+            await asyncio.sleep(1.0)

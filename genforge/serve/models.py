@@ -1,0 +1,244 @@
+"""What the server serves: each loaded run directory wrapped by the ServedModel of its pipeline kind.
+
+A new kind (text-to-image, captioning, speech) is a subclass registered for its pipeline class with
+``@serves(ThatPipeline)``, giving ``kind``, ``run_batch`` and the async method its endpoint calls;
+``Models.get(model_id, kind)`` then finds it. Model ids are run directory names and are only ever
+looked up in the loaded dict, so a request can name nothing on disk.
+"""
+from __future__ import annotations
+
+import io
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Optional, Sequence
+
+import torch
+from PIL import Image
+from starlette.concurrency import run_in_threadpool
+
+from ..data.transforms import to_pil_list, to_uint8
+from ..errors import GenforgeError
+from ..pipelines import Pipeline, load_pipeline, resolve_run_dir, shipped_models
+from ..pipelines.classify import ClassifierPipeline
+from ..pipelines.image import ImagePipeline
+from .batching import Batcher
+from .settings import Settings
+
+KINDS: dict[type, type["ServedModel"]] = {}
+JOB_CHUNK = 64  # ImagePipeline.generate's batch size: a job's images equal generate(n, seed)'s
+
+
+def serves(*pipeline_classes: type) -> Callable[[type["ServedModel"]], type["ServedModel"]]:
+    def deco(cls: type[ServedModel]) -> type[ServedModel]:
+        for p in pipeline_classes:
+            KINDS[p] = cls
+        return cls
+    return deco
+
+
+class ModelNotFound(Exception):
+    pass
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+class ServedModel:
+    kind: ClassVar[str] = "?"
+
+    def __init__(self, model_id: str, pipe: Pipeline, settings: Settings, executor: Optional[Executor],
+                 metrics: Any = None):
+        self.id, self.pipe, self.settings = model_id, pipe, settings
+        self.batcher = Batcher(model_id, self.run_batch, max_batch_size=settings.max_batch_size,
+                               max_wait_ms=settings.max_wait_ms, queue_size=settings.queue_size,
+                               executor=executor, metrics=metrics)
+
+    def info(self) -> dict:
+        created = int((self.pipe.run_dir / "config.json").stat().st_mtime)
+        return {"id": self.id, "object": "model", "created": created, "owned_by": "genforge",
+                "kind": self.kind, **self.details()}
+
+    def details(self) -> dict:
+        return {}
+
+    def run_batch(self, payloads: Sequence[Any]) -> list[Any]:
+        raise NotImplementedError
+
+
+@dataclass
+class GenItem:
+    n: int
+    seed: int
+    y: Optional[torch.Tensor]
+    steps: int
+    sampler: str
+    guidance: float
+    noise: Optional[torch.Tensor] = None  # given by jobs, which draw all their noise up front
+    step_seed: Optional[int] = None
+    progress: Optional[Callable[[int, int], None]] = None
+
+
+@serves(ImagePipeline)
+class ImageGenerator(ServedModel):
+    kind = "image-generation"
+    pipe: ImagePipeline
+
+    @property
+    def image_size(self) -> int:
+        return int(self.pipe.cfg.model.params.get("image_size", 32))
+
+    @property
+    def channels(self) -> int:
+        return int(self.pipe.cfg.model.params.get("channels", 1))
+
+    def details(self) -> dict:
+        return {"task": self.pipe.kind, "architecture": self.pipe.cfg.model.name,
+                "size": f"{self.image_size}x{self.image_size}", "channels": self.channels,
+                "conditional": self.pipe.conditional,
+                "classes": self.pipe.class_names if self.pipe.conditional else [],
+                "samplers": ["ddpm", "ddim", "dpm++"] if self.pipe.kind == "diffusion" else []}
+
+    def label_for_prompt(self, prompt: Optional[str]) -> Optional[list[str]]:
+        """A class-conditional model takes a class name (or index) as its prompt; others ignore it."""
+        if not prompt or not prompt.strip() or not self.pipe.conditional:
+            return None
+        text = prompt.strip()
+        names = self.pipe.class_names
+        for i, name in enumerate(names):
+            if text.lower() == name.lower():
+                return [str(i)]
+        if text.isdigit() and int(text) < self.pipe.model.num_classes:
+            return [text]
+        raise GenforgeError(f"prompt {text!r} is not a class of model {self.id!r}: this model draws "
+                            f"one of: {', '.join(names)}")
+
+    def prepare(self, n: int, seed: int, steps: int = 25, sampler: str = "dpm++", guidance: float = 1.0,
+                labels: Optional[Sequence[int | str]] = None) -> GenItem:
+        """Check a request before it is queued, so one bad request cannot fail a merged batch."""
+        self.pipe.check_sampling(steps, sampler)
+        return GenItem(n, seed, self.pipe.label_tensor(n, labels), steps, sampler, guidance)
+
+    def batch_key(self, item: GenItem):
+        if item.noise is not None or item.n >= self.settings.max_batch_size:
+            return None
+        if self.pipe.kind == "gan":
+            return ("gan",)
+        if item.sampler == "ddpm":
+            return None  # ddpm draws fresh noise every step over the whole batch: never merge
+        return (item.sampler, item.steps, float(item.guidance))
+
+    async def generate(self, item: GenItem, force: bool = False) -> list[bytes]:
+        return await self.batcher.submit(item, item.n, self.batch_key(item), force=force)
+
+    def run_batch(self, items: Sequence[GenItem]) -> list[list[bytes]]:
+        head = items[0]
+        if len(items) == 1:
+            noise = head.noise if head.noise is not None else self.pipe.draw_noise(head.n, head.seed)
+            step_seed = head.seed if head.step_seed is None else head.step_seed
+        else:  # each request's noise from its own seed; deterministic samplers only (see batch_key).
+            # GAN images equal per-request ones exactly; diffusion ones can differ by one grey level in
+            # about one pixel in 4000, because batched CPU kernels sum in another order.
+            noise = torch.cat([self.pipe.draw_noise(it.n, it.seed) for it in items])
+            step_seed = head.seed
+        ys = [it.y for it in items]
+        y = torch.cat(ys) if ys[0] is not None else None
+        x = self.pipe.generate_from_noise(noise, y, seed=step_seed, steps=head.steps, sampler=head.sampler,
+                                          guidance=head.guidance, batch_size=max(len(noise), 1),
+                                          progress=head.progress if len(items) == 1 else None)
+        pngs = [png_bytes(im) for im in to_pil_list(to_uint8(x))]
+        out, i = [], 0
+        for it in items:
+            out.append(pngs[i:i + it.n])
+            i += it.n
+        return out
+
+    async def generate_job(self, item: GenItem, progress: Callable[[float], None]) -> list[bytes]:
+        """A long request in chunks through the same queue (fair to interactive requests), with the
+        noise drawn once up front so the images equal ``pipe.generate(n, seed, ...)``."""
+        noise = self.pipe.draw_noise(item.n, item.seed)
+        out: list[bytes] = []
+        for i in range(0, item.n, JOB_CHUNK):
+            k = min(JOB_CHUNK, item.n - i)
+
+            def step_progress(step: int, total: int, i: int = i, k: int = k) -> None:
+                progress((i + k * step / total) / item.n)
+
+            chunk = GenItem(k, item.seed, item.y[i:i + k] if item.y is not None else None, item.steps,
+                            item.sampler, item.guidance, noise=noise[i:i + k], step_seed=item.seed + i,
+                            progress=step_progress)
+            out += await self.generate(chunk, force=True)
+            progress((i + k) / item.n)
+        return out
+
+
+@serves(ClassifierPipeline)
+class ImageClassifier(ServedModel):
+    kind = "image-classification"
+    pipe: ClassifierPipeline
+
+    def details(self) -> dict:
+        return {"task": "classify", "architecture": self.pipe.cfg.model.name,
+                "size": f"{self.pipe.image_size}x{self.pipe.image_size}", "classes": self.names}
+
+    @property
+    def names(self) -> list[str]:
+        k = int(self.pipe.cfg.model.params.get("num_classes", 10))
+        return self.pipe.class_names or [str(i) for i in range(k)]
+
+    async def classify(self, image: Image.Image, top_k: int = 3) -> list[dict]:
+        # resized before queueing, off the event loop, so merged batches share one shape
+        x = await run_in_threadpool(self.pipe.preprocess, [image])
+        probs = await self.batcher.submit(x, 1, ("classify",))
+        vals, idx = probs.topk(min(top_k, len(self.names)))
+        return [{"label": self.names[i], "index": int(i), "score": round(float(v), 6)}
+                for v, i in zip(vals, idx)]
+
+    def run_batch(self, xs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        probs = self.pipe.predict_uint8(torch.cat(list(xs)))
+        return list(probs)
+
+
+class Models:
+    def __init__(self) -> None:
+        self.by_id: dict[str, ServedModel] = {}
+
+    def add(self, served: ServedModel) -> None:
+        if served.id in self.by_id:
+            raise GenforgeError(f"two models are named {served.id!r}: model ids are run directory names, "
+                                "so serve run directories with different names")
+        self.by_id[served.id] = served
+
+    def get(self, model_id: Optional[str], kind: str) -> ServedModel:
+        of_kind = [m for m in self.by_id.values() if m.kind == kind]
+        if model_id is None and len(of_kind) == 1:
+            return of_kind[0]
+        names = ", ".join(m.id for m in of_kind) or "none loaded"
+        if model_id is None:
+            raise ModelNotFound(f"say which model to use; {kind} models: {names}")
+        m = self.by_id.get(model_id)
+        if m is None or m.kind != kind:
+            shown = model_id if len(model_id) <= 80 else model_id[:77] + "..."
+            raise ModelNotFound(f"no such model {shown!r} for {kind}; loaded: {names}")
+        return m
+
+    def __iter__(self):
+        return iter(self.by_id.values())
+
+
+def load_models(settings: Settings, executor: Optional[Executor], metrics: Any = None) -> Models:
+    sources = settings.models or shipped_models()
+    if not sources:
+        raise GenforgeError("nothing to serve: no shipped models are installed; pass run directories "
+                            "(genforge serve runs/NAME ...)")
+    models = Models()
+    for src in sources:
+        run_dir = resolve_run_dir(src)
+        pipe = load_pipeline(run_dir, device=settings.device)
+        cls = KINDS.get(type(pipe))
+        if cls is None:
+            raise GenforgeError(f"{run_dir}: genforge serve has no endpoint for {pipe.cfg.task!r} runs yet")
+        models.add(cls(run_dir.name, pipe, settings, executor, metrics))
+    return models

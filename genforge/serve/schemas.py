@@ -1,0 +1,113 @@
+"""Request and response bodies. Bounds live here so a bad request is a 422 naming the field."""
+from __future__ import annotations
+
+import re
+from typing import Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+MAX_SEED = 2**63 - 1
+Sampler = Literal["ddpm", "ddim", "dpm++"]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Sampling(_Body):
+    model: Optional[str] = Field(None, max_length=200, description="A model id from GET /v1/models; "
+                                 "optional when one image model is loaded.")
+    seed: Optional[int] = Field(None, ge=0, le=MAX_SEED, description="Same seed, same images. "
+                                "Omitted: a random seed, returned in the response.")
+    steps: int = Field(25, ge=1, le=1000, description="Denoising steps (diffusion models).")
+    sampler: Sampler = Field("dpm++", description="Diffusion sampler.")
+    guidance: float = Field(1.0, ge=0.0, le=50.0, description="Classifier-free guidance scale "
+                            "(class-conditional diffusion).")
+
+
+class ImageGenerationRequest(_Sampling):
+    """OpenAI's images/generations shape. ``prompt`` is ignored by unconditional models; a
+    class-conditional model takes one of its class names."""
+    model_config = ConfigDict(extra="ignore")  # OpenAI clients send quality/style/user: accepted, unused
+    prompt: Optional[str] = Field(None, max_length=1000)
+    n: int = Field(1, ge=1, le=64)
+    size: Optional[str] = Field(None, max_length=20, description="WIDTHxHEIGHT; must be the model's size.")
+    response_format: Literal["b64_json"] = Field(
+        "b64_json", description="Only b64_json: this server keeps no files to link to.")
+
+    @field_validator("size")
+    @classmethod
+    def _size_format(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None and not re.fullmatch(r"[1-9][0-9]{0,4}x[1-9][0-9]{0,4}", v):
+            raise ValueError("size must look like 32x32")
+        return v
+
+
+Label = Union[int, str]
+
+
+class SamplesRequest(_Sampling):
+    n: int = Field(16, ge=1, le=64)
+    labels: Optional[list[Label]] = Field(None, max_length=64, description="Class names or indices, "
+                                          "repeated to fill n (class-conditional models).")
+
+    @field_validator("labels")
+    @classmethod
+    def _short_labels(cls, v: Optional[list[Label]]) -> Optional[list[Label]]:
+        for x in v or []:
+            if isinstance(x, str) and len(x) > 100:
+                raise ValueError("a label is at most 100 characters")
+            if isinstance(x, int) and not 0 <= x < 1_000_000:
+                raise ValueError("a label index is between 0 and 999999")
+        return v
+
+
+class SamplesJobParams(SamplesRequest):
+    n: int = Field(16, ge=1, le=1024)
+
+
+class JobRequest(_Body):
+    type: Literal["samples"] = "samples"
+    params: SamplesJobParams
+
+
+class ImageData(BaseModel):
+    b64_json: str
+
+
+class ImagesResponse(BaseModel):
+    created: int
+    data: list[ImageData]
+    model: str
+    seed: int
+
+
+class SamplesResponse(BaseModel):
+    model: str
+    seed: int
+    size: str
+    images: list[str] = Field(description="base64-encoded PNGs")
+
+
+class ModelCard(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    id: str
+    object: Literal["model"] = "model"
+    owned_by: str = "genforge"
+    kind: str
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class Prediction(BaseModel):
+    label: str
+    index: int
+    score: float
+
+
+class ClassifyResponse(BaseModel):
+    model: str
+    labels: list[Prediction]

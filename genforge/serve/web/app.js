@@ -1,0 +1,226 @@
+// genforge web page: plain JS, no build step. Talks to the same /v1 API as any client.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const state = { key: sessionStorage.getItem("genforge-key") || "", models: [], images: [] };
+
+const WHY = {
+  401: "The server refused the key (missing, wrong or revoked).",
+  403: "This key lacks the scope for that action.",
+  404: "Not found.",
+  413: "The upload is too large.",
+  422: "The server could not accept those settings.",
+  429: "Too many requests with this key; slow down.",
+  503: "The server is busy; try again in a moment.",
+};
+
+async function api(path, options = {}) {
+  const headers = { Authorization: `Bearer ${state.key}`, ...(options.headers || {}) };
+  let res;
+  try {
+    res = await fetch(path, { ...options, headers });
+  } catch (e) {
+    throw new Error(`Cannot reach the server (${e.message}).`);
+  }
+  let body = null;
+  try { body = await res.json(); } catch (e) { body = null; }
+  if (!res.ok) {
+    const detail = body && body.error ? body.error.message : res.statusText;
+    const retry = res.headers.get("Retry-After");
+    let msg = `${WHY[res.status] || "Request failed."} ${detail}`;
+    if (retry) msg += ` (retry after ${retry} s)`;
+    throw new Error(`${res.status}: ${msg}`);
+  }
+  return body;
+}
+
+function setText(id, text) { $(id).textContent = text || ""; }
+
+function fillSelect(select, models) {
+  select.replaceChildren();
+  for (const m of models) {
+    const opt = document.createElement("option");
+    opt.value = m.id;
+    opt.textContent = `${m.id} (${m.task || m.kind}${m.size ? ", " + m.size : ""})`;
+    select.append(opt);
+  }
+  if (!models.length) {
+    const opt = document.createElement("option");
+    opt.value = "";
+    opt.textContent = "none loaded";
+    select.append(opt);
+  }
+}
+
+function currentGenModel() { return state.models.find((m) => m.id === $("gen-model").value); }
+
+function updateGenFields() {
+  const m = currentGenModel();
+  const diffusion = m && m.task === "diffusion";
+  const conditional = m && m.conditional;
+  for (const el of document.querySelectorAll(".diffusion-only")) {
+    el.classList.toggle("hidden-field", !diffusion || (el.classList.contains("conditional-only") && !conditional));
+  }
+  for (const el of document.querySelectorAll(".conditional-only:not(.diffusion-only)")) {
+    el.classList.toggle("hidden-field", !conditional);
+  }
+  $("gen-labels").placeholder = conditional && m.classes.length
+    ? `e.g. ${m.classes.slice(0, 3).join(", ")}; empty: every class in turn` : "";
+}
+
+async function connect(ev) {
+  if (ev) ev.preventDefault();
+  state.key = $("api-key").value.trim();
+  setText("key-status", "Connecting...");
+  try {
+    const list = await api("/v1/models");
+    state.models = list.data;
+    sessionStorage.setItem("genforge-key", state.key);
+    const gens = state.models.filter((m) => m.kind === "image-generation");
+    const clfs = state.models.filter((m) => m.kind === "image-classification");
+    fillSelect($("gen-model"), gens);
+    fillSelect($("clf-model"), clfs);
+    $("generate").disabled = !gens.length;
+    $("classify").disabled = !clfs.length;
+    updateGenFields();
+    setText("key-status", `Connected: ${gens.length} image generator(s), ${clfs.length} classifier(s).`);
+  } catch (e) {
+    $("generate").disabled = $("classify").disabled = true;
+    setText("key-status", e.message);
+  }
+}
+
+function samplesParams() {
+  const m = currentGenModel();
+  const p = { model: $("gen-model").value, n: Number($("gen-n").value), seed: Number($("gen-seed").value) };
+  if (m && m.task === "diffusion") {
+    p.steps = Number($("gen-steps").value);
+    p.sampler = $("gen-sampler").value;
+    if (m.conditional) p.guidance = Number($("gen-guidance").value);
+  }
+  const labels = $("gen-labels").value.split(",").map((s) => s.trim()).filter(Boolean);
+  if (m && m.conditional && labels.length) p.labels = labels;
+  return p;
+}
+
+function showImages(result) {
+  state.images = result.images;
+  const gallery = $("gallery");
+  gallery.replaceChildren();
+  result.images.forEach((b64, i) => {
+    const fig = document.createElement("figure");
+    const img = document.createElement("img");
+    img.src = `data:image/png;base64,${b64}`;
+    img.alt = `sample ${i} (seed ${result.seed})`;
+    const link = document.createElement("a");
+    link.href = img.src;
+    link.download = `${result.model}_seed${result.seed}_${String(i).padStart(3, "0")}.png`;
+    link.textContent = "download";
+    fig.append(img, link);
+    gallery.append(fig);
+  });
+  $("gen-actions").hidden = !result.images.length;
+  setText("gen-info", `${result.images.length} image(s) from ${result.model}, seed ${result.seed}, ${result.size}.`);
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+async function runJob(params) {
+  const job = await api("/v1/jobs", {
+    method: "POST", headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ type: "samples", params }),
+  });
+  $("gen-progress").hidden = false;
+  for (;;) {
+    const j = await api(`/v1/jobs/${encodeURIComponent(job.id)}`);
+    $("gen-progress-bar").value = j.progress;
+    setText("gen-progress-text", `${j.status} ${Math.round(j.progress * 100)}%`);
+    if (j.status === "succeeded") return j.result;
+    if (j.status === "failed") throw new Error(`The job failed: ${j.error}`);
+    await sleep(500);
+  }
+}
+
+async function generate(ev) {
+  ev.preventDefault();
+  setText("gen-error", "");
+  setText("gen-info", "Working...");
+  $("generate").disabled = true;
+  $("gen-progress").hidden = true;
+  try {
+    const params = samplesParams();
+    const asJob = $("gen-job").checked || params.n > 64;
+    const result = asJob ? await runJob(params) : await api("/v1/samples", {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(params),
+    });
+    showImages(result);
+  } catch (e) {
+    setText("gen-info", "");
+    setText("gen-error", e.message);
+  } finally {
+    $("generate").disabled = false;
+  }
+}
+
+async function downloadGrid() {
+  const imgs = [...$("gallery").querySelectorAll("img")];
+  if (!imgs.length) return;
+  const w = imgs[0].naturalWidth, h = imgs[0].naturalHeight, pad = 2;
+  const cols = Math.ceil(Math.sqrt(imgs.length)), rows = Math.ceil(imgs.length / cols);
+  const canvas = document.createElement("canvas");
+  canvas.width = pad + cols * (w + pad);
+  canvas.height = pad + rows * (h + pad);
+  const ctx = canvas.getContext("2d");
+  ctx.fillStyle = "#000";
+  ctx.fillRect(0, 0, canvas.width, canvas.height);
+  imgs.forEach((img, i) => ctx.drawImage(img, pad + (i % cols) * (w + pad), pad + Math.floor(i / cols) * (h + pad)));
+  const link = document.createElement("a");
+  link.href = canvas.toDataURL("image/png");
+  link.download = `${$("gen-model").value}_grid.png`;
+  link.click();
+}
+
+async function classify(ev) {
+  ev.preventDefault();
+  setText("clf-error", "");
+  const file = $("clf-file").files[0];
+  if (!file) { setText("clf-error", "Choose an image file first."); return; }
+  const form = new FormData();
+  form.append("image", file);
+  form.append("model", $("clf-model").value);
+  form.append("top_k", $("clf-k").value || "3");
+  $("classify").disabled = true;
+  try {
+    const res = await api("/v1/images/classify", { method: "POST", body: form });
+    const preview = $("clf-preview");
+    preview.src = URL.createObjectURL(file);
+    preview.hidden = false;
+    const list = $("clf-labels");
+    list.replaceChildren();
+    for (const p of res.labels) {
+      const li = document.createElement("li");
+      li.textContent = `${p.label}: ${(p.score * 100).toFixed(1)}%`;
+      const bar = document.createElement("span");
+      bar.className = "bar";
+      bar.style.width = `${Math.max(2, p.score * 160)}px`;
+      li.append(bar);
+      list.append(li);
+    }
+  } catch (e) {
+    setText("clf-error", e.message);
+  } finally {
+    $("classify").disabled = false;
+  }
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("key-form").addEventListener("submit", connect);
+  $("gen-form").addEventListener("submit", generate);
+  $("clf-form").addEventListener("submit", classify);
+  $("gen-model").addEventListener("change", updateGenFields);
+  $("download-grid").addEventListener("click", downloadGrid);
+  if (state.key) {
+    $("api-key").value = state.key;
+    connect();
+  }
+});

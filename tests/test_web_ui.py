@@ -1,0 +1,108 @@
+"""The web page in a real browser: Debian's /usr/bin/chromium driven by the playwright package.
+
+Skipped unless both are installed (no browser is ever downloaded): `apt-get install chromium` and
+`pip install playwright`. Saves a screenshot to /tmp/genforge_ui.png.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} not installed")
+sync_api = pytest.importorskip("playwright.sync_api")
+uvicorn = pytest.importorskip("uvicorn")
+
+from serve_helpers import CLASSES, make_run  # noqa: E402
+
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture
+def server(tmp_path):
+    import torch
+
+    from genforge.serve import Settings, create_app
+    from genforge.serve.auth import KeyStore
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    gan = make_run(tmp_path, "tiny-gan", "gan", "dcgan",
+                   {"z_dim": 16, "width": 8, "d_width": 8, "image_size": 16, "channels": 1})
+    clf = make_run(tmp_path, "tiny-clf", "classify", "cnn",
+                   {"in_channels": 1, "num_classes": 3, "image_size": 16, "width": 4, "feature_dim": 16},
+                   CLASSES)
+    _, key = KeyStore(tmp_path / "keys.json").create("ui", "generate,classify")
+    app = create_app(Settings(models=[str(gan), str(clf)], keys_path=tmp_path / "keys.json", device="cpu",
+                              jobs_url=f"sqlite:///{tmp_path / 'jobs.db'}"))
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not srv.started and time.time() < deadline:
+        time.sleep(0.05)
+    assert srv.started, "server did not start"
+    yield f"http://127.0.0.1:{port}", key, tmp_path
+    srv.should_exit = True
+    thread.join(10)
+    sock.close()
+    torch.set_num_threads(threads)
+
+
+def test_generate_and_classify_in_browser(server):
+    from PIL import Image
+
+    from genforge.serve.auth import KeyStore
+
+    url, key, tmp = server
+    upload = tmp / "upload.png"
+    Image.new("L", (16, 16), 200).save(upload)
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1100, "height": 1000})
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(url + "/")
+            # a wrong key is explained in words
+            page.fill("#api-key", "gf_wrong_key")
+            page.click("#connect")
+            expect = sync_api.expect  # polls without eval(), which the page's CSP forbids
+            expect(page.locator("#key-status")).to_contain_text("401")
+            page.fill("#api-key", key)
+            page.click("#connect")
+            page.wait_for_selector("#generate:not([disabled])")
+            page.fill("#gen-n", "6")
+            page.fill("#gen-seed", "3")
+            page.click("#generate")
+            page.wait_for_selector("#gallery img")
+            srcs = page.eval_on_selector_all("#gallery img", "els => els.map(e => e.src)")
+            assert len(srcs) == 6 and all(s.startswith("data:image/png;base64,") and len(s) > 40 for s in srcs)
+            expect(page.locator("#gen-progress")).to_be_hidden()  # no job, no progress bar
+            # a background job, polled to completion
+            page.check("#gen-job")
+            page.fill("#gen-seed", "4")
+            page.click("#generate")
+            expect(page.locator("#gen-progress-text")).to_contain_text("succeeded", timeout=30_000)
+            assert page.eval_on_selector_all("#gallery img", "els => els.length") == 6
+            page.set_input_files("#clf-file", str(upload))
+            page.click("#classify")
+            page.wait_for_selector("#clf-labels li")
+            labels = page.eval_on_selector_all("#clf-labels li", "els => els.map(e => e.textContent)")
+            assert len(labels) == 3 and all(any(c in x for c in CLASSES) for x in labels)
+            page.screenshot(path="/tmp/genforge_ui.png", full_page=True)
+            # an error from the server, shown in words: the key is revoked while the page is open
+            KeyStore(tmp / "keys.json").revoke(key.split("_")[1])
+            page.click("#generate")
+            expect(page.locator("#gen-error")).to_contain_text("revoked")
+            assert not errors, errors
+        finally:
+            browser.close()
