@@ -2,7 +2,7 @@
 
     python scripts/ship.py runs/dcgan-fashion [--name dcgan-fashion] [-n 2000]
 
-Keeps config.json, model.safetensors, metrics.jsonl and the last sample grid (no resume state), and
+Keeps config.json, model.safetensors, metrics.jsonl and a 64-image sample grid (no resume state), and
 records into config.json's `notes` the FID report (generators) or test accuracy (classifiers).
 """
 from __future__ import annotations
@@ -32,10 +32,13 @@ def main() -> None:
     tmp.mkdir(parents=True)
     for f in ("config.json", "model.safetensors", "metrics.jsonl"):
         shutil.copy2(src / f, tmp / f)
-    grids = sorted((src / "samples").glob("*.png")) if (src / "samples").is_dir() else []
-    if grids:
-        shutil.copy2(grids[-1], tmp / "samples.png")
     cfg = json.loads((tmp / "config.json").read_text())
+    if cfg["task"] != "classify":
+        # a fresh grid from the shipped weights with today's samplers, not a training-time snapshot
+        import genforge
+        from genforge.data.transforms import make_grid, to_uint8
+
+        make_grid(to_uint8(genforge.load(tmp).generate(n=64, seed=0))).save(tmp / "samples.png")
     rows = [json.loads(x) for x in (src / "metrics.jsonl").read_text().splitlines() if x.strip()]
     notes = {"train_minutes": round(max(r["time"] for r in rows) / 60, 1)}
     if cfg["task"] == "classify":

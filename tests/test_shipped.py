@@ -1,0 +1,42 @@
+"""The shipped default models load, generate and carry their recipe and measured figures."""
+import json
+
+import pytest
+
+import genforge
+from genforge.pipelines import ASSETS_DIR, shipped_models
+from genforge.pipelines.image import ImagePipeline
+
+SHIPPED = shipped_models()
+
+
+def test_defaults_are_shipped():
+    assert {"classifier-fashion", "dcgan-fashion", "diffusion-fashion"} <= set(SHIPPED)
+
+
+def test_shipped_weights_are_small():
+    total = sum(p.stat().st_size for p in ASSETS_DIR.rglob("*.safetensors"))
+    assert total <= 30 * 2**20
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_model_runs_and_records_its_recipe(name):
+    cfg = json.loads((ASSETS_DIR / name / "config.json").read_text())
+    assert cfg["recipe"].startswith("genforge train ") and "seed" in cfg["train"]
+    pipe = genforge.load(name, device="cpu")
+    if isinstance(pipe, ImagePipeline):
+        assert cfg["notes"]["fid"]["metric"].startswith("FID-")
+        a = pipe(n=2, seed=3, steps=2)
+        assert len(a) == 2 and [x.tobytes() for x in a] == [x.tobytes() for x in pipe(n=2, seed=3, steps=2)]
+    else:
+        assert cfg["notes"]["test_accuracy"] >= 0.92
+
+
+@pytest.mark.skipif("classifier-fashion" not in SHIPPED, reason="not shipped")
+def test_shipped_classifier_recognises_fashion():
+    from genforge.data import load_dataset
+    from genforge.tasks.classify import accuracy
+
+    pipe = genforge.load("classifier-fashion", device="cpu")
+    test = load_dataset(pipe.cfg.data.model_copy(update={"split": "test", "limit": 1000}))
+    assert accuracy(pipe.model, test.images, test.labels) >= 0.9
