@@ -148,7 +148,7 @@ def info(run_dir: str = typer.Argument(..., help="Run directory or shipped model
     """Summarise a run: task, model, parameters, progress, last metrics."""
     from .pipelines import load_model, resolve_run_dir
     from .train.checkpoint import latest_state
-    from .train.trainer import pick_device
+    from .device import pick_device
 
     path = resolve_run_dir(run_dir)
     cfg, model = load_model(path, pick_device("cpu"))

@@ -222,12 +222,6 @@ def compute_metrics(real_feats: Any, fake_feats: Any, kid_subsets: int = 100,
 # ------------------------------------------------------------------------------------- feature nets
 
 
-def pick_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def check_uint8_images(images: torch.Tensor) -> torch.Tensor:
     """(N, C, H, W) or (N, H, W) uint8 -> (N, C, H, W) uint8 on CPU; anything else is a clear error."""
     if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8:

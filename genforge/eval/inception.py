@@ -18,7 +18,8 @@ from torch import nn
 
 from ..errors import GenforgeError
 from ..registry import register_feature_net
-from .fid import check_uint8_images, pick_device
+from ..device import pick_device
+from .fid import check_uint8_images
 
 STANDARD_WEIGHTS = "pt_inception-2015-12-05-6726825d.pth"
 INPUT_SIZE = 299

@@ -10,7 +10,7 @@ from ..config import RunConfig, config_from_json
 from ..errors import GenforgeError
 from ..models import build_model
 from ..train.checkpoint import load_weights
-from ..train.trainer import pick_device
+from ..device import pick_device
 
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
 

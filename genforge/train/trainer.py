@@ -27,21 +27,11 @@ from .. import __version__
 from ..config import RunConfig
 from ..data import ImageSet, load_dataset
 from ..data.transforms import make_grid, random_flip, to_float, to_uint8
+from ..device import pick_device
 from ..errors import GenforgeError
 from ..tasks import build_task, resolve_model_params
 from . import checkpoint as ckpt
 from .logging import Logger
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise GenforgeError(f"device {name!r} requested but CUDA is not available; use train.device=cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise GenforgeError(f"unknown device {name!r}; use auto, cpu or cuda[:N]") from None
 
 
 def lr_at(cfg, step: int) -> float:
