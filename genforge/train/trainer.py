@@ -99,6 +99,7 @@ class Trainer:
         self.amp_dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
         self.scaler = torch.amp.GradScaler("cuda", enabled=t.amp and self.device.type == "cuda")
         self._stop_signal: int | None = None
+        self._perm: tuple[int, torch.Tensor | None] = (-1, None)
 
     # ---- set-up -------------------------------------------------------------------------------
     def _init_distributed(self, cfg: RunConfig) -> torch.device:
@@ -131,7 +132,10 @@ class Trainer:
         t = self.cfg.train
         per_epoch = len(self.data) // (t.batch_size * self.world)
         epoch, i = divmod(step, per_epoch)
-        perm = torch.randperm(len(self.data), generator=torch.Generator().manual_seed(t.seed + epoch))
+        if self._perm[0] != epoch:  # the order is a pure function of (seed, epoch); cache it per epoch
+            self._perm = (epoch, torch.randperm(len(self.data),
+                                                generator=torch.Generator().manual_seed(t.seed + epoch)))
+        perm = self._perm[1]
         start = (i * self.world + self.rank) * t.batch_size
         idx = perm[start:start + t.batch_size]
         images = to_float(self.data.images[idx])
