@@ -27,7 +27,7 @@ from genforge.eval.runner import classifier_feature_net  # noqa: E402
 from genforge.train.trainer import Trainer  # noqa: E402
 from genforge.tuning import tune_malloc  # noqa: E402
 
-SETTINGS = [("ddpm", 1000), ("ddim", 50), ("dpm++", 20)]
+SETTINGS = [("ddpm", 1000), ("ddim", 50), ("dpm++", 20), ("dpm++sde", 20)]
 
 
 def train_throughput(recipe: str, steps: int) -> float:
@@ -49,6 +49,7 @@ def main() -> None:
     ap.add_argument("-n", type=int, default=500)
     ap.add_argument("--train-steps", type=int, default=30)
     ap.add_argument("--settings", default=",".join(f"{s}:{k}" for s, k in SETTINGS))
+    ap.add_argument("--name", default="diffusion", help="result file: bench/results/NAME.json")
     args = ap.parse_args()
     tune_malloc()
     pipe = genforge.load(args.run)
@@ -69,7 +70,7 @@ def main() -> None:
     by = {r["sampler"]: r for r in rows}
     ratio = by["dpm++"]["fid"] / by["ddpm"]["fid"] if "dpm++" in by and "ddpm" in by else None
     train_ips = train_throughput(args.recipe, args.train_steps)
-    save("diffusion", {"run": args.run, "n": args.n, "metric": f"FID-{net.name}", "samplers": rows,
+    save(args.name, {"run": args.run, "n": args.n, "metric": f"FID-{net.name}", "samplers": rows,
                        "dpmpp_over_ddpm_fid": ratio, "train_img_per_s": round(train_ips, 2),
                        "peak_rss_mb": round(peak_rss_mb(), 1)})
 

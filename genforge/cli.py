@@ -67,7 +67,7 @@ def sample(
     n: int = typer.Option(16, "-n", help="Number of images."),
     seed: int = typer.Option(0, help="Same seed, same images."),
     steps: int = typer.Option(25, help="Denoising steps (diffusion)."),
-    sampler: str = typer.Option("dpm++", help="ddpm, ddim or dpm++ (diffusion)."),
+    sampler: str = typer.Option("dpm++", help="ddpm, ddim, dpm++ or dpm++sde (diffusion)."),
     guidance: float = typer.Option(1.0, help="Classifier-free guidance scale (conditional diffusion)."),
     labels: Optional[str] = typer.Option(None, help="Comma-separated class names or indices."),
     grid: Optional[Path] = typer.Option(None, help="Write one PNG grid here."),

@@ -46,7 +46,7 @@ def test_batching_does_not_change_images(runs):
     assert (whole == split).all()
 
 
-@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpm++"])
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpm++", "dpm++sde"])
 def test_samplers(runs, sampler):
     x = genforge.load(runs / "diff").generate(n=2, steps=3, sampler=sampler)
     assert x.shape == (2, 1, 16, 16) and x.abs().max() <= 1

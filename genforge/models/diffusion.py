@@ -1,5 +1,5 @@
-"""Diffusion: diffusers' UNet2DModel trained with the DDPM objective, sampled with DDPM, DDIM or
-DPM-Solver++ (chosen at sample time; all three share the training noise schedule).
+"""Diffusion: diffusers' UNet2DModel trained with the DDPM objective, sampled with DDPM, DDIM,
+DPM-Solver++ or its SDE variant (chosen at sample time; all share the training noise schedule).
 
 Class conditioning uses the UNet's class embedding. When ``cond_drop`` > 0 the last class index is
 reserved as the "no class" token, so classifier-free guidance works at sample time.
@@ -15,7 +15,7 @@ from torch import nn
 from ..errors import GenforgeError
 from ..registry import register_model
 
-SAMPLERS = ("ddpm", "ddim", "dpm++")
+SAMPLERS = ("ddpm", "ddim", "dpm++", "dpm++sde")
 
 
 class DiffusionModel(nn.Module):
@@ -73,12 +73,14 @@ class DiffusionModel(nn.Module):
             return DDPMScheduler(**self.scheduler_config)
         if sampler == "ddim":
             return DDIMScheduler(**self.scheduler_config, clip_sample=True)
-        if sampler == "dpm++":
+        if sampler in ("dpm++", "dpm++sde"):
             # The cosine schedule ends at alpha_bar ~ 1e-9, where the data prediction x0 = (x - sigma
             # eps) / alpha explodes; DDPM/DDIM clip x0 to [-1, 1], so DPM-Solver++ thresholds it the
             # same way and starts one stride below t=T ("leading" spacing) instead of at it.
             return DPMSolverMultistepScheduler(
-                **self.scheduler_config, algorithm_type="dpmsolver++", solver_order=2,
+                **self.scheduler_config, solver_order=2,
+                # the SDE variant re-injects noise each step, which forgives an imperfect model more
+                algorithm_type="sde-dpmsolver++" if sampler == "dpm++sde" else "dpmsolver++",
                 thresholding=True, sample_max_value=1.0, timestep_spacing="leading",
             )
         raise GenforgeError(f"unknown sampler {sampler!r}; choose one of: {', '.join(SAMPLERS)}")

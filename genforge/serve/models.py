@@ -18,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ..data.transforms import to_pil_list, to_uint8
 from ..errors import GenforgeError
+from ..models.diffusion import SAMPLERS
 from ..pipelines import Pipeline, load_pipeline, resolve_run_dir, shipped_models
 from ..pipelines.classify import ClassifierPipeline
 from ..pipelines.image import ImagePipeline
@@ -99,7 +100,7 @@ class ImageGenerator(ServedModel):
                 "size": f"{self.image_size}x{self.image_size}", "channels": self.channels,
                 "conditional": self.pipe.conditional,
                 "classes": self.pipe.class_names if self.pipe.conditional else [],
-                "samplers": ["ddpm", "ddim", "dpm++"] if self.pipe.kind == "diffusion" else []}
+                "samplers": list(SAMPLERS) if self.pipe.kind == "diffusion" else []}
 
     def label_for_prompt(self, prompt: Optional[str]) -> Optional[list[str]]:
         """A class-conditional model takes a class name (or index) as its prompt; others ignore it."""

@@ -7,7 +7,7 @@ from typing import Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 MAX_SEED = 2**63 - 1
-Sampler = Literal["ddpm", "ddim", "dpm++"]
+Sampler = Literal["ddpm", "ddim", "dpm++", "dpm++sde"]
 
 
 class _Body(BaseModel):
