@@ -11,6 +11,7 @@ from typing import List, Optional
 import typer
 
 from .errors import GenforgeError
+from .train.checkpoint import check_writable
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Train, evaluate and sample small deep generative models.")
@@ -83,7 +84,7 @@ def sample(
         raise GenforgeError("say where to write the images: --grid FILE.png and/or --out-dir DIR")
     for target in [grid.parent if grid else None, out_dir]:
         if target is not None:
-            _check_writable(target)
+            check_writable(target)
     pipe = load(run_dir, device=device)
     if not isinstance(pipe, ImagePipeline):
         raise GenforgeError(f"{run_dir} is a {pipe.cfg.task!r} run; sample needs a gan or diffusion run")
@@ -102,14 +103,6 @@ def sample(
             _atomic_png(im, out_dir / f"{seed:06d}_{i:05d}.png")
         written.append(f"{out_dir}/ ({n} files)")
     typer.echo("wrote " + ", ".join(written))
-
-
-def _check_writable(path: Path) -> None:
-    probe = path
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK):
-        raise GenforgeError(f"cannot write to {path}: {probe} is not a writable directory")
 
 
 def _atomic_png(image, path: Path) -> None:
@@ -131,7 +124,7 @@ def export(
     pipe = load(run_dir, device="cpu")
     if pipe.cfg.task != "diffusion" or pipe.model.num_classes:
         raise GenforgeError("export supports unconditional diffusion runs (diffusers' DDPMPipeline)")
-    _check_writable(out)
+    check_writable(out)
     if out.exists() and any(out.iterdir()):
         raise GenforgeError(f"{out} exists and is not empty; choose a new directory")
     tmp = out.with_name(f".{out.name}.tmp")
@@ -169,14 +162,13 @@ def info(run_dir: str = typer.Argument(..., help="Run directory or shipped model
 @app.command("models")
 def list_models():
     """List shipped models, recipes and every registered name."""
+    from . import eval as _eval  # noqa: F401  (registers the feature nets)
     from .config import RECIPES_DIR
-    from .data import load_dataset  # noqa: F401
+    from .data import digits, fashion, folder, shapes  # noqa: F401  (register the datasets)
+    from .models import cnn, diffusion, gan  # noqa: F401  (register the models)
     from .pipelines import shipped_models
     from .registry import DATASETS, FEATURE_NETS, MODELS, TASKS
-    from . import data, eval as _eval, models, tasks  # noqa: F401
-    from .data import digits, fashion, folder, shapes  # noqa: F401
-    from .models import cnn, diffusion, gan  # noqa: F401
-    from .tasks import classify, diffusion as _d, gan as _g  # noqa: F401
+    from .tasks import classify, diffusion as _diffusion, gan as _gan  # noqa: F401  (register the tasks)
 
     _echo_json({"shipped": shipped_models(), "recipes": sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")),
                 "models": MODELS.names(), "tasks": TASKS.names(), "datasets": DATASETS.names(),
@@ -205,7 +197,7 @@ def eval_fid(
                          feature_net=feature_net, inception_weights=inception_weights, steps=steps,
                          sampler=sampler, seed=seed, device=device)
     if out is not None:
-        _check_writable(out.parent)
+        check_writable(out.parent)
         out.write_text(json.dumps(report, indent=2) + "\n")
     _echo_json(report)
 

@@ -195,3 +195,13 @@ def test_export_to_diffusers(runs, cli, tmp_path):
     assert hf.scheduler.config.num_train_timesteps == 50
     code, _, err = cli("export", runs / "gan", tmp_path / "hf2")
     assert code == 2 and "diffusion" in err
+
+
+def test_cli_models_lists_registries(cli):
+    code, out, err = cli("models")
+    assert code == 0, err
+    listing = json.loads(out)
+    assert {"dcgan", "cgan", "diffusion", "cnn"} <= set(listing["models"])
+    assert {"shapes", "fashion", "digits", "folder"} <= set(listing["datasets"])
+    assert {"classifier", "inception"} <= set(listing["feature_nets"])
+    assert "dcgan_fashion" in listing["recipes"] and "dcgan-fashion" in listing["shipped"]

@@ -40,6 +40,16 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def check_writable(path: Path, hint: str = "") -> None:
+    """Fail early, before any work, when ``path`` (or the nearest folder that exists above it)
+    cannot be written."""
+    probe = Path(path)
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK):
+        raise GenforgeError(f"cannot write to {path}: {probe} is not a writable directory{hint}")
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")

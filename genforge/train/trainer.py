@@ -121,11 +121,7 @@ class Trainer:
                 f"run directory {self.run_dir} already exists and is not empty; "
                 "pass --resume to continue it or choose another --out"
             )
-        probe = self.run_dir if self.run_dir.exists() else self.run_dir.parent
-        while not probe.exists() and probe != probe.parent:
-            probe = probe.parent
-        if not probe.is_dir() or not os.access(probe, os.W_OK):
-            raise GenforgeError(f"cannot write to {probe}; choose a writable --out directory")
+        ckpt.check_writable(self.run_dir, hint="; choose a writable --out directory")
 
     # ---- pieces of a step ---------------------------------------------------------------------
     def batch(self, step: int) -> dict[str, torch.Tensor]:
