@@ -17,7 +17,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # the import list names one package per group of dependencies, so a venv made before a group was
 # added gets it on the next run
-if ! .venv/bin/python -c "import genforge, torch, pytest, fastapi, sqlalchemy, httpx, python_multipart" 2>/dev/null; then
+if ! .venv/bin/python -c "import genforge, torch, pytest, fastapi, fastapi_offline, sqlalchemy, httpx, python_multipart" 2>/dev/null; then
   .venv/bin/python -m pip install -q --upgrade pip
   # the CPU build of torch; a bare `torch` requirement would pull a multi-GB CUDA build
   .venv/bin/python -m pip install -q torch==2.13.0
@@ -37,5 +37,19 @@ if [ "${GENFORGE_NO_BROWSER:-0}" != "1" ]; then
   if ! .venv/bin/python -c "import playwright" 2>/dev/null; then
     .venv/bin/python -m pip install -q "playwright>=1.40" \
       || echo "setup: playwright not installed; the browser test will be skipped" >&2
+  fi
+fi
+
+# PostgreSQL for the jobs-store test (GENFORGE_TEST_PG=1 pytest tests/test_serve_jobs.py), opt-in with
+# GENFORGE_SETUP_PG=1: the server package, whose initdb/pg_ctl the test runs in a temporary folder (it
+# never uses the cluster the package may start), and the driver from the pg extra.
+if [ "${GENFORGE_SETUP_PG:-0}" = "1" ]; then
+  if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq postgresql >/dev/null
+  fi
+  if ! .venv/bin/python -c "import psycopg" 2>/dev/null; then
+    .venv/bin/python -m pip install -q -e ".[pg]"
   fi
 fi

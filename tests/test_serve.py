@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import io
 import json
 import logging
 import os
+import re
 import struct
 import zlib
 
@@ -336,3 +338,25 @@ def test_web_page_served_with_csp(client):
     js = client.get("/web/app.js")
     assert js.status_code == 200 and "/v1/samples" in js.text
     assert client.get("/web/../settings.py").status_code == 404
+
+
+def test_api_docs_served_offline(client):
+    """/docs and /redoc name files of this server only (no CDN: they work with no internet), and
+    each page's CSP admits exactly its own inline script."""
+    for page in ("/docs", "/redoc"):
+        r = client.get(page)
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+        assert "http://" not in r.text and "https://" not in r.text and "//cdn" not in r.text
+        csp = r.headers["content-security-policy"]
+        inline = re.findall(r"<script>(.*?)</script>", r.text, re.S)
+        want = "".join(f" 'sha256-{base64.b64encode(hashlib.sha256(js.encode()).digest()).decode()}'"
+                       for js in inline)
+        assert f"script-src 'self'{want};" in csp and "frame-ancestors 'none'" in csp
+        assets = re.findall(r'(?:src|href)="([^"]+)"', r.text)
+        assert assets and all(a.startswith("/docs/assets/") for a in assets), assets
+        for a in assets:
+            got = client.get(a)
+            kind = {"js": "javascript", "css": "text/css", "png": "image/png"}[a.rsplit(".", 1)[1]]
+            assert got.status_code == 200 and kind in got.headers["content-type"] and len(got.content) > 100
+    assert len(re.findall(r"<script>", client.get("/docs").text)) == 1  # Swagger UI's start-up script
+    assert client.get("/docs/assets/nothere.js").status_code == 404

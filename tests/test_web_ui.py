@@ -106,3 +106,27 @@ def test_generate_and_classify_in_browser(server):
             assert not errors, errors
         finally:
             browser.close()
+
+
+def test_api_docs_render_with_no_internet(server):
+    """/docs and /redoc render every operation with each request off this server refused."""
+    url, _, _ = server
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1100, "height": 1400})
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.route("**/*", lambda r: r.continue_() if r.request.url.startswith(url) else r.abort())
+            n_ops = sum(len(ops) for ops in page.request.get(url + "/openapi.json").json()["paths"].values())
+            page.goto(url + "/docs")
+            sync_api.expect(page.locator(".opblock")).to_have_count(n_ops)  # Swagger UI ran under its CSP
+            path = page.locator(".opblock-summary-path", has_text="/v1/images/generations")
+            sync_api.expect(path).to_be_visible()
+            page.screenshot(path="/tmp/genforge_docs.png")
+            assert not errors, errors
+            page.goto(url + "/redoc")
+            sync_api.expect(page.locator("[data-section-id^='operation/']")).to_have_count(n_ops)
+        finally:
+            browser.close()

@@ -2,7 +2,8 @@
 model once, starts one batching worker per model and the background-job runner.
 
 Routes: /v1/models, /v1/images/generations (OpenAI's shape), /v1/samples, /v1/images/classify,
-/v1/jobs; /healthz, /readyz and /metrics for operators; the web page at /; OpenAPI docs at /docs.
+/v1/jobs; /healthz, /readyz and /metrics for operators; the web page at /; API docs at /docs and
+/redoc (see docs.py).
 Every /v1 route needs ``Authorization: Bearer <key>`` (see auth.py); errors are OpenAI-style JSON.
 """
 from __future__ import annotations
@@ -30,6 +31,7 @@ from .. import __version__
 from ..errors import GenforgeError
 from .auth import KeyRecord, KeyStore, RateLimiter, retry_after_header
 from .batching import QueueFull
+from .docs import add_docs
 from .jobs import JobRunner, JobStore, fernet_from_env
 from .models import ImageClassifier, ImageGenerator, ModelNotFound, Models, load_models
 from .observability import (AuthMiddleware, BodyLimitMiddleware, Metrics, ObserveMiddleware, error_body,
@@ -149,7 +151,7 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
             executor.shutdown(wait=False, cancel_futures=True)
             store.close()
 
-    app = FastAPI(title="genforge", version=__version__, lifespan=lifespan,
+    app = FastAPI(title="genforge", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Generate and classify images with genforge models. Send "
                               "`Authorization: Bearer <key>` on every /v1 route.")
     app.state.settings, app.state.keys, app.state.metrics, app.state.serve = settings, keys, metrics, state
@@ -316,6 +318,7 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
         return FileResponse(WEB_DIR / "index.html", headers={"Cache-Control": "no-cache"})
 
     app.mount("/web", StaticFiles(directory=WEB_DIR), name="web")
+    add_docs(app)
 
     # outermost last: observe -> body limit -> auth -> routes
     app.add_middleware(_SecurityHeaders)
@@ -328,8 +331,7 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
 
 
 class _SecurityHeaders:
-    """nosniff everywhere; the strict CSP on the web page and its files (not on /docs, whose page
-    loads Swagger UI from a CDN)."""
+    """nosniff everywhere; the strict CSP on the web page and its files (the docs pages set their own)."""
 
     def __init__(self, app):
         self.app = app

@@ -109,6 +109,10 @@ class JobStore:
         except SQLAlchemyError as e:
             raise GenforgeError(f"cannot open the jobs database {self.safe_url}: {e.__class__.__name__}: "
                                 f"{str(e).splitlines()[0]}") from None
+        except ImportError as e:  # the URL names a driver this venv lacks
+            raise GenforgeError(f"the jobs database {self.safe_url} needs the {e.name!r} module; for "
+                                f"PostgreSQL use a postgresql+psycopg:// URL and pip install 'genforge[pg]'"
+                                ) from None
 
     @property
     def safe_url(self) -> str:
@@ -144,6 +148,8 @@ class JobStore:
         return job_id
 
     def row(self, job_id: str) -> Any:
+        if "\x00" in job_id:  # no job id has one, and PostgreSQL rejects NUL in text instead of matching none
+            return None
         with self.engine.connect() as c:
             return c.execute(select(jobs).where(jobs.c.id == job_id)).first()
 
@@ -317,7 +323,10 @@ class JobRunner:
         beat.cancel()
         self._active.discard(row.id)
         if reason is not None:
-            await asyncio.to_thread(self.store.fail, row.id, reason)
+            try:
+                await asyncio.to_thread(self.store.fail, row.id, reason)
+            except SQLAlchemyError as e:  # the stale-job sweep settles it once the database is back
+                log.error("jobs database error", extra={"fields": {"job": row.id, "error": str(e).splitlines()[0]}})
         if self.metrics is not None:
             self.metrics.jobs.labels(status).inc()
         log.info("job finished", extra={"fields": {"job": row.id, "status": status, "type": row.type}})
