@@ -68,20 +68,25 @@ class DiffusionModel(nn.Module):
             labels = torch.full((x.shape[0],), self.null_class, device=x.device, dtype=torch.long)
         return self.unet(x, t, class_labels=labels).sample
 
+    def _spacing(self) -> str:
+        return "trailing" if self.scheduler_config["prediction_type"] == "v_prediction" else "leading"
+
     def make_scheduler(self, sampler: str):
         if sampler == "ddpm":
             return DDPMScheduler(**self.scheduler_config)
         if sampler == "ddim":
-            return DDIMScheduler(**self.scheduler_config, clip_sample=True)
+            return DDIMScheduler(**self.scheduler_config, clip_sample=True, timestep_spacing=self._spacing())
         if sampler in ("dpm++", "dpm++sde"):
-            # The cosine schedule ends at alpha_bar ~ 1e-9, where the data prediction x0 = (x - sigma
-            # eps) / alpha explodes; DDPM/DDIM clip x0 to [-1, 1], so DPM-Solver++ thresholds it the
-            # same way and starts one stride below t=T ("leading" spacing) instead of at it.
+            # The cosine schedule ends at alpha_bar ~ 1e-9, where an epsilon model's data prediction
+            # x0 = (x - sigma eps) / alpha explodes; DDPM/DDIM clip x0 to [-1, 1], so DPM-Solver++
+            # thresholds it the same way and, for epsilon models, starts one stride below t=T
+            # ("leading" spacing). A v-prediction model's x0 = alpha x - sigma v stays bounded, so
+            # it starts at t=T ("trailing"), as Lin et al. 2023 recommend.
             return DPMSolverMultistepScheduler(
                 **self.scheduler_config, solver_order=2,
                 # the SDE variant re-injects noise each step, which forgives an imperfect model more
                 algorithm_type="sde-dpmsolver++" if sampler == "dpm++sde" else "dpmsolver++",
-                thresholding=True, sample_max_value=1.0, timestep_spacing="leading",
+                thresholding=True, sample_max_value=1.0, timestep_spacing=self._spacing(),
             )
         raise GenforgeError(f"unknown sampler {sampler!r}; choose one of: {', '.join(SAMPLERS)}")
 
