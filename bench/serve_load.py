@@ -1,20 +1,32 @@
-"""Load test of `genforge serve`: throughput and latency percentiles, dynamic batching on vs off.
+"""Load test of `genforge serve`: throughput and latency percentiles, dynamic batching on vs off,
+and a soak mode that watches the server's memory over many requests.
 
 Starts a real server subprocess on 127.0.0.1 for each batching setting, then drives it with a
 closed loop of C concurrent clients (each sends its next request when the last one returns) for
-every concurrency C, bounded by --duration seconds and --max-requests per cell. Client and server
-share the machine, so absolute numbers include the client's own CPU use.
+every concurrency C, bounded by --duration seconds and --max-requests per cell. After each cell it
+reads the server's /metrics and reports how many requests (and images) its batcher merged into one
+forward pass on average, and how long that pass (run_batch: model and PNG encoding) took. Client
+and server share the machine, so absolute numbers include the client's own CPU use; the default client
+speaks HTTP/1.1 over raw asyncio streams to keep that small (--client httpx for the old one).
 
     python bench/serve_load.py [--model RUN_DIR_OR_SHIPPED] [--concurrency 1,8,32]
-        [--batch-sizes 16,1] [--duration 20] [--n 1] [--steps 10]
+        [--batch-sizes 16,1] [--duration 20] [--n 1] [--steps 10] [--sampler dpm++]
+    python bench/serve_load.py --soak 10000 [--soak-concurrency 8] [--name serve_soak]
+
+--soak N: one server (batching on, --max-batch-size 16), --soak-warmup requests, then exactly N
+requests; the server process's RSS (/proc/PID/status) is sampled after warm-up and every
+--rss-every seconds, and the result gives RSS after warm-up, peak, final and growth %, errors by
+status, req/s and latency percentiles.
 
 Without --model it serves a randomly initialised DCGAN of the shipped recipe's size (z 100,
-width 64, 32x32), which costs the same per image as a trained one.
+width 64, 32x32), which costs the same per image as a trained one. For diffusion models each
+request carries --steps and --sampler.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -64,6 +76,42 @@ def percentile(xs: list[float], q: float) -> float:
     return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
 
 
+def proc_memory_mb(pid: int) -> dict[str, float]:
+    """VmRSS (now) and VmHWM (peak since start) of process ``pid``, in MB (Linux)."""
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in ("VmRSS", "VmHWM"):
+            out[name] = int(value.split()[0]) / 1024  # kB
+    return out
+
+
+def batch_totals(metrics_text: str) -> dict[str, float]:
+    """Sums and counts of the batcher's histograms, over every model the server holds."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out = {"requests_sum": 0.0, "images_sum": 0.0, "batches": 0.0, "infer_s": 0.0}
+    for fam in text_string_to_metric_families(metrics_text):
+        for s in fam.samples:
+            if s.name == "genforge_batch_requests_sum":
+                out["requests_sum"] += s.value
+            elif s.name == "genforge_batch_requests_count":
+                out["batches"] += s.value
+            elif s.name == "genforge_batch_images_sum":
+                out["images_sum"] += s.value
+            elif s.name == "genforge_inference_seconds_sum":
+                out["infer_s"] += s.value
+    return out
+
+
+def batch_delta(before: dict[str, float], after: dict[str, float]) -> dict:
+    d = {k: after[k] - before[k] for k in before}
+    n = d["batches"]
+    return {"batches": int(n), "mean_batch_requests": round(d["requests_sum"] / n, 2) if n else None,
+            "mean_batch_images": round(d["images_sum"] / n, 2) if n else None,
+            "mean_forward_ms": round(1000 * d["infer_s"] / n, 1) if n else None}
+
+
 class Server:
     def __init__(self, model: str, port: int, keys: Path, db: Path, batch: int, wait_ms: float, threads: int):
         cmd = [sys.executable, "-m", "genforge.cli", "serve", model, "--port", str(port),
@@ -73,6 +121,7 @@ class Server:
         self.url = f"http://127.0.0.1:{port}"
         self.log = open(db.with_suffix(".log"), "w")
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
+        self.pid = self.proc.pid  # the server itself: python runs genforge.cli with no shell between
 
     def wait_ready(self, timeout: float = 120.0) -> None:
         deadline = time.time() + timeout
@@ -87,6 +136,12 @@ class Server:
             time.sleep(0.2)
         raise SystemExit(f"server not ready after {timeout} s; see {self.log.name}")
 
+    def log_errors(self) -> int:
+        """Lines the server logged at level error or worse (unhandled exceptions, failed batches)."""
+        self.log.flush()
+        text = Path(self.log.name).read_text(errors="replace")
+        return sum('"level": "error"' in ln or '"level": "critical"' in ln for ln in text.splitlines())
+
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGINT)  # graceful: uvicorn drains and exits
         try:
@@ -97,43 +152,197 @@ class Server:
         self.log.close()
 
 
-async def run_cell(url: str, key: str, body: dict, concurrency: int, duration: float, max_requests: int,
-                   warmup: int = 3) -> dict:
-    headers = {"Authorization": f"Bearer {key}"}
-    limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4)
-    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=120, limits=limits) as c:
-        for _ in range(warmup):
-            (await c.post("/v1/samples", json=body)).raise_for_status()
-        latencies: list[float] = []
-        errors: dict[str, int] = {}
-        sent = [0]
-        stop_at = time.perf_counter() + duration
+class RawConnection:
+    """One keep-alive HTTP/1.1 connection that POSTs JSON and reads back status and body. It costs the
+    client a fraction of httpx's CPU per request: with httpx, 32 clients took a whole core at ~150 req/s
+    and capped what a 2-core machine could measure of a fast model (the server sat at 0.6 cores)."""
 
-        async def client(i: int) -> None:
-            seed = i * 1_000_003
-            while time.perf_counter() < stop_at and sent[0] < max_requests:
-                sent[0] += 1
-                seed += 1
-                t = time.perf_counter()
-                try:
-                    r = await c.post("/v1/samples", json={**body, "seed": seed})
-                    code = r.status_code
-                except httpx.HTTPError as e:
-                    code = type(e).__name__
-                if code == 200:
-                    latencies.append(time.perf_counter() - t)
-                else:
-                    errors[str(code)] = errors.get(str(code), 0) + 1
+    def __init__(self, url: str, key: str):
+        u = httpx.URL(url)
+        self.host, self.port = u.host, u.port
+        self.head = (f"Host: {self.host}:{self.port}\r\nAuthorization: Bearer {key}\r\n"
+                     "Content-Type: application/json\r\n").encode()
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
 
-        start = time.perf_counter()
-        await asyncio.gather(*[client(i) for i in range(concurrency)])
-        elapsed = time.perf_counter() - start
+    async def post(self, path: str, body: dict) -> int | str:
+        if self.reader is None or self.reader.at_eof():  # uvicorn closes connections idle for 5 s
+            self.close()
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        assert self.writer is not None
+        data = json.dumps(body).encode()
+        self.writer.write(b"POST %s HTTP/1.1\r\n%sContent-Length: %d\r\n\r\n%s"
+                          % (path.encode(), self.head, len(data), data))
+        lines = (await self.reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        headers = {k.strip().lower(): v.strip().lower() for k, _, v in (ln.partition(":") for ln in lines[1:] if ln)}
+        if "content-length" not in headers:  # every genforge response is sized; anything else is a failure
+            self.close()
+            return "unsized_response"
+        payload = await self.reader.readexactly(int(headers["content-length"]))
+        if headers.get("connection") == "close":
+            self.close()
+        if status == 200 and b'"images"' not in payload:
+            return "200_without_images"
+        return status
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+
+class HttpxConnection:
+    """The same through httpx (--client httpx), for comparison with earlier results."""
+
+    def __init__(self, client: httpx.AsyncClient):
+        self.client = client
+
+    async def post(self, path: str, body: dict) -> int | str:
+        return (await self.client.post(path, json=body)).status_code
+
+    def close(self) -> None:
+        pass
+
+
+class Clients:
+    """``concurrency`` connections, kept open from warm-up through the timed run."""
+
+    def __init__(self, kind: str, url: str, key: str, concurrency: int):
+        self.httpx = None
+        if kind == "httpx":
+            limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4)
+            self.httpx = httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=120,
+                                           limits=limits)
+            self.conns: list = [HttpxConnection(self.httpx) for _ in range(concurrency)]
+        else:
+            self.conns = [RawConnection(url, key) for _ in range(concurrency)]
+
+    async def close(self) -> None:
+        for c in self.conns:
+            c.close()
+        if self.httpx is not None:
+            await self.httpx.aclose()
+
+
+async def drive(clients: Clients, body: dict, stop_at: float, max_requests: int, timeout: float = 120.0
+                ) -> tuple[list[float], dict[str, int], float]:
+    """Closed loop, one client per connection, until ``stop_at`` or ``max_requests`` sent.
+    Returns (latencies of 200s in s, error counts by status or exception name, elapsed s)."""
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    sent = [0]
+
+    async def client(i: int, conn) -> None:
+        seed = i * 1_000_003
+        while time.perf_counter() < stop_at and sent[0] < max_requests:
+            sent[0] += 1
+            seed += 1
+            t = time.perf_counter()
+            try:
+                code = await asyncio.wait_for(conn.post("/v1/samples", {**body, "seed": seed}), timeout)
+            except (OSError, EOFError, ValueError, IndexError, asyncio.TimeoutError, httpx.HTTPError) as e:
+                conn.close()  # a broken or half-read connection is not reused
+                code = type(e).__name__
+            if code == 200:
+                latencies.append(time.perf_counter() - t)
+            else:
+                errors[str(code)] = errors.get(str(code), 0) + 1
+
+    start = time.perf_counter()
+    await asyncio.gather(*[client(i, conn) for i, conn in enumerate(clients.conns)])
+    return latencies, errors, time.perf_counter() - start
+
+
+def latency_stats(latencies: list[float], elapsed: float, n: int) -> dict:
     ms = [x * 1000 for x in latencies]
-    return {"concurrency": concurrency, "requests": len(latencies), "errors": errors, "seconds": round(elapsed, 2),
-            "req_per_s": round(len(latencies) / elapsed, 2),
-            "images_per_s": round(len(latencies) * body["n"] / elapsed, 2),
+    return {"requests": len(latencies), "seconds": round(elapsed, 2),
+            "req_per_s": round(len(latencies) / elapsed, 2), "images_per_s": round(len(latencies) * n / elapsed, 2),
             "p50_ms": round(percentile(ms, 0.50), 1), "p95_ms": round(percentile(ms, 0.95), 1),
             "p99_ms": round(percentile(ms, 0.99), 1)}
+
+
+def server_batch_totals(url: str, admin: str) -> dict[str, float]:
+    r = httpx.get(url + "/metrics", headers={"Authorization": f"Bearer {admin}"}, timeout=30)
+    r.raise_for_status()
+    return batch_totals(r.text)
+
+
+async def run_cell(url: str, key: str, admin: str, body: dict, concurrency: int, duration: float,
+                   max_requests: int, client: str = "raw", warmup_rounds: int = 2) -> dict:
+    clients = Clients(client, url, key, concurrency)
+    try:
+        # every connection opened and the server's first burst of this size answered before timing:
+        # a cold burst of 32 took 1-2 s and alone set p99 of a 10 s cell
+        _, errors, _ = await drive(clients, body, float("inf"), warmup_rounds * concurrency)
+        if errors:
+            raise SystemExit(f"warm-up failed: {errors}")
+        before = server_batch_totals(url, admin)
+        latencies, errors, elapsed = await drive(clients, body, time.perf_counter() + duration, max_requests)
+        after = server_batch_totals(url, admin)
+    finally:
+        await clients.close()
+    return {"concurrency": concurrency, "errors": errors, **latency_stats(latencies, elapsed, body["n"]),
+            **batch_delta(before, after)}
+
+
+async def run_soak(server: Server, key: str, admin: str, body: dict, requests: int, concurrency: int,
+                   warmup: int, rss_every: float, client: str = "raw") -> dict:
+    samples: list[tuple[float, float]] = []  # (seconds since the soak began, RSS MB)
+    clients = Clients(client, server.url, key, concurrency)
+    try:
+        ready = proc_memory_mb(server.pid)["VmRSS"]
+        _, warm_errors, _ = await drive(clients, body, float("inf"), warmup)
+        if warm_errors:
+            raise SystemExit(f"warm-up failed: {warm_errors}; see {server.log.name}")
+        before = server_batch_totals(server.url, admin)
+        t0 = time.perf_counter()
+        warm = proc_memory_mb(server.pid)["VmRSS"]
+        samples.append((0.0, warm))
+
+        async def sample() -> None:
+            while True:
+                await asyncio.sleep(rss_every)
+                samples.append((time.perf_counter() - t0, proc_memory_mb(server.pid)["VmRSS"]))
+
+        sampler = asyncio.create_task(sample())
+        try:
+            latencies, errors, elapsed = await drive(clients, body, float("inf"), requests)
+        finally:
+            sampler.cancel()
+        after = server_batch_totals(server.url, admin)
+    finally:
+        await clients.close()
+    final = proc_memory_mb(server.pid)
+    samples.append((time.perf_counter() - t0, final["VmRSS"]))
+    rss = [r for _, r in samples]
+    half = rss[len(rss) // 2:]
+    return {"requests_sent": requests, "concurrency": concurrency, "warmup_requests": warmup,
+            "errors": errors, "error_count": sum(errors.values()), "server_log_errors": server.log_errors(),
+            **latency_stats(latencies, elapsed, body["n"]), **batch_delta(before, after),
+            "rss_ready_mb": round(ready, 1), "rss_after_warmup_mb": round(warm, 1),
+            "rss_peak_mb": round(max(rss), 1), "rss_final_mb": round(final["VmRSS"], 1),
+            "rss_growth_pct": round(100 * (final["VmRSS"] - warm) / warm, 2),
+            "rss_peak_growth_pct": round(100 * (max(rss) - warm) / warm, 2),
+            "rss_second_half_range_mb": round(max(half) - min(half), 1),
+            "vm_hwm_mb": round(final["VmHWM"], 1),
+            "rss_samples": [[round(t, 1), round(r, 1)] for t, r in samples]}
+
+
+def summarise(cells: list[dict]) -> dict:
+    """Batching speed-up (first on-setting over off) per concurrency, and p99 over single-request p50."""
+    by = {(c["max_batch_size"], c["concurrency"]): c for c in cells}
+    on = next((c["max_batch_size"] for c in cells if c["max_batch_size"] > 1), None)
+    out: dict = {}
+    if on is not None and any(b == 1 for b, _ in by):
+        out["speedup_on_over_off"] = {str(k): round(by[(on, k)]["req_per_s"] / by[(1, k)]["req_per_s"], 2)
+                                      for b, k in by if b == on and (1, k) in by}
+    base = by.get((1, 1)) or (by.get((on, 1)) if on else None)
+    if base:
+        out["single_request_p50_ms"] = base["p50_ms"]
+        out["p99_over_single_p50"] = {f"{'off' if b == 1 else 'on'}@{k}": round(c["p99_ms"] / base["p50_ms"], 2)
+                                      for (b, k), c in by.items()}
+    return out
 
 
 def main() -> None:
@@ -148,8 +357,18 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10, help="Denoising steps (diffusion models).")
     ap.add_argument("--sampler", default="dpm++")
     ap.add_argument("--threads", type=int, default=0, help="Server torch threads (0: torch's default).")
-    ap.add_argument("--name", default="serve_load", help="Result file: bench/results/NAME.json.")
+    ap.add_argument("--client", choices=("raw", "httpx"), default="raw", help="Load generator: raw asyncio "
+                    "keep-alive connections (cheap; default) or httpx (as results from before it had this option).")
+    ap.add_argument("--soak", type=int, default=0, metavar="N", help="Soak mode: send exactly N requests to "
+                    "one server (batching on) and track its RSS.")
+    ap.add_argument("--soak-concurrency", type=int, default=8)
+    ap.add_argument("--soak-warmup", type=int, default=500, help="Requests before the RSS baseline.")
+    ap.add_argument("--soak-batch-size", type=int, default=16, help="--max-batch-size in soak mode.")
+    ap.add_argument("--rss-every", type=float, default=1.0, help="Seconds between RSS samples (soak).")
+    ap.add_argument("--name", default=None, help="Result file: bench/results/NAME.json "
+                    "(default serve_load, or serve_soak with --soak).")
     args = ap.parse_args()
+    name = args.name or ("serve_soak" if args.soak else "serve_load")
     duration = min(args.duration, 60.0)
     concurrency = [int(x) for x in args.concurrency.split(",")]
     batch_sizes = [int(x) for x in args.batch_sizes.split(",")]
@@ -159,8 +378,31 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="genforge-bench-") as tmp:
         root = Path(tmp)
         model = args.model or default_model(root)
-        _, key = KeyStore(root / "keys.json").create("bench", "generate")
+        store = KeyStore(root / "keys.json")
+        _, key = store.create("bench", "generate")
+        _, admin = store.create("bench-metrics", "admin")
         body = {"n": args.n, "steps": args.steps, "sampler": args.sampler}
+        meta = {"model": args.model or "random dcgan z100 w64 32x32", "request": body,
+                "max_wait_ms": args.max_wait_ms, "client": args.client, "cpu_count": os.cpu_count()}
+        if args.soak:
+            server = Server(model, _free_port(), root / "keys.json", root / "jobs-soak.db", args.soak_batch_size,
+                            args.max_wait_ms, args.threads)
+            try:
+                server.wait_ready()
+                soak = asyncio.run(run_soak(server, key, admin, body, args.soak, args.soak_concurrency,
+                                            args.soak_warmup, args.rss_every, args.client))
+            finally:
+                server.stop()
+            print(f"\nsoak: {soak['requests']} ok of {args.soak} requests at concurrency {soak['concurrency']}, "
+                  f"errors {soak['errors'] or 0} (server log errors {soak['server_log_errors']})\n"
+                  f"  {soak['req_per_s']:.1f} req/s  p50 {soak['p50_ms']:.1f}  p95 {soak['p95_ms']:.1f}  "
+                  f"p99 {soak['p99_ms']:.1f} ms  mean batch {soak['mean_batch_requests']} requests, "
+                  f"forward {soak['mean_forward_ms']} ms\n"
+                  f"  server RSS: ready {soak['rss_ready_mb']:.1f} MB, after warm-up {soak['rss_after_warmup_mb']:.1f}"
+                  f", peak {soak['rss_peak_mb']:.1f}, final {soak['rss_final_mb']:.1f} MB "
+                  f"(growth {soak['rss_growth_pct']:+.2f} %, peak {soak['rss_peak_growth_pct']:+.2f} %)\n")
+            save(name, {**meta, "max_batch_size": args.soak_batch_size, "soak": soak})
+            return
         cells = []
         for batch in batch_sizes:
             server = Server(model, _free_port(), root / "keys.json", root / f"jobs-{batch}.db", batch,
@@ -168,23 +410,28 @@ def main() -> None:
             try:
                 server.wait_ready()
                 for c in concurrency:
-                    cell = asyncio.run(run_cell(server.url, key, body, c, duration, args.max_requests))
+                    cell = asyncio.run(run_cell(server.url, key, admin, body, c, duration, args.max_requests,
+                                                    args.client))
                     cell["max_batch_size"] = batch
                     cells.append(cell)
                     print(f"batch {batch:>3}  conc {c:>3}  {cell['req_per_s']:>8.1f} req/s  "
                           f"p50 {cell['p50_ms']:>8.1f}  p95 {cell['p95_ms']:>8.1f}  p99 {cell['p99_ms']:>8.1f} ms"
+                          f"  batch {cell['mean_batch_requests']} fwd {cell['mean_forward_ms']} ms"
                           f"  errors {cell['errors'] or '-'}", flush=True)
             finally:
                 server.stop()
     print()
-    print(f"{'batching':<10}{'conc':>6}{'req/s':>10}{'img/s':>10}{'p50 ms':>10}{'p95 ms':>10}{'p99 ms':>10}{'n':>8}")
+    print(f"{'batching':<10}{'conc':>6}{'req/s':>10}{'img/s':>10}{'p50 ms':>10}{'p95 ms':>10}{'p99 ms':>10}"
+          f"{'batch':>8}{'fwd ms':>8}{'n':>8}{'errors':>8}")
     for cell in cells:
         label = "off" if cell["max_batch_size"] == 1 else f"on({cell['max_batch_size']})"
         print(f"{label:<10}{cell['concurrency']:>6}{cell['req_per_s']:>10.1f}{cell['images_per_s']:>10.1f}"
-              f"{cell['p50_ms']:>10.1f}{cell['p95_ms']:>10.1f}{cell['p99_ms']:>10.1f}{cell['requests']:>8}")
-    save(args.name, {"model": args.model or "random dcgan z100 w64 32x32", "request": body,
-                     "max_wait_ms": args.max_wait_ms, "duration_s": duration, "cpu_count": os.cpu_count(),
-                     "cells": cells})
+              f"{cell['p50_ms']:>10.1f}{cell['p95_ms']:>10.1f}{cell['p99_ms']:>10.1f}"
+              f"{cell['mean_batch_requests'] or 0:>8.2f}{cell['mean_forward_ms'] or 0:>8.1f}{cell['requests']:>8}"
+              f"{sum(cell['errors'].values()):>8}")
+    summary = summarise(cells)
+    print("\n" + "  ".join(f"{k}: {v}" for k, v in summary.items()) + "\n")
+    save(name, {**meta, "duration_s": duration, "cells": cells, "summary": summary})
 
 
 if __name__ == "__main__":
