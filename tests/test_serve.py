@@ -10,6 +10,7 @@ import logging
 import os
 import re
 import struct
+import time
 import zlib
 
 import numpy as np
@@ -291,6 +292,42 @@ def test_queue_full_503(tmp_path, runs, keys):
     assert codes == [200, 200, 503, 503]
     busy = next(r for r in rs if r.status_code == 503)
     assert int(busy.headers["retry-after"]) >= 1 and busy.json()["error"]["code"] == "queue_full"
+
+
+def test_batcher_wait_counts_from_arrival():
+    """A lone request at an idle model waits up to max_wait_ms for company; requests that queued
+    behind a running batch have waited already and start the moment the model is free."""
+    import threading
+
+    from genforge.serve.batching import Batcher
+
+    gate, batches = threading.Event(), []
+
+    def run(items):
+        gate.wait(10)
+        batches.append((time.perf_counter(), list(items)))
+        return items
+
+    async def go():
+        b = Batcher("m", run, max_batch_size=8, max_wait_ms=400)
+        b.start()
+        t0 = time.perf_counter()
+        first = asyncio.create_task(b.submit("a", key=0))
+        await asyncio.sleep(0.1)  # arrives within a's wait: merged with it
+        second = asyncio.create_task(b.submit("b", key=0))
+        await asyncio.sleep(0.5)  # a's wait is over: [a, b] is running, held at the gate
+        rest = [asyncio.create_task(b.submit(x, key=0)) for x in "cd"]
+        await asyncio.sleep(0.5)  # c and d queue behind the running batch past their max wait
+        t_open = time.perf_counter()
+        gate.set()
+        out = await asyncio.gather(first, second, *rest)
+        await b.stop()
+        return t0, t_open, out
+
+    t0, t_open, out = asyncio.run(go())
+    assert out == ["a", "b", "c", "d"]
+    assert [items for _, items in batches] == [["a", "b"], ["c", "d"]]
+    assert batches[1][0] - t_open < 0.2  # no fresh 400 ms wait once the model was free
 
 
 # -- metrics and logs -------------------------------------------------------------------------------

@@ -2,9 +2,15 @@
 
 A request is ``Work(payload, size, key)``. The worker takes the oldest request, then keeps taking
 requests with the same ``key`` (compatible settings: same sampler and steps, say) until the batch
-holds ``max_batch_size`` items or ``max_wait_ms`` has passed since it started waiting, and runs
+holds ``max_batch_size`` items or ``max_wait_ms`` has passed since the oldest one arrived, and runs
 ``run_batch(payloads) -> results`` in a thread so the event loop keeps answering. A ``key`` of None
 means "never merge". Requests of other keys wait in arrival order for the next batch.
+
+The wait is counted from the oldest request's arrival (as Triton's ``max_queue_delay``), not from
+when the worker got free: requests that queued up behind a running batch have already waited, so
+under load the next batch starts the moment the model is free, and ``max_wait_ms`` only delays a
+request that arrived at an idle model. ``max_wait_ms=0`` is greedy batching: never wait, merge
+whatever queued while the model was busy.
 
 The queue is bounded: past ``queue_size`` waiting requests, ``submit`` raises ``QueueFull`` at once
 (the server answers 503 with Retry-After) instead of letting latency grow without limit.
@@ -118,9 +124,9 @@ class Batcher:
                 break
         batch, total = [head], head.size
         total = self._take_compatible(batch, total)
-        deadline = asyncio.get_running_loop().time() + self.max_wait
+        deadline = head.enqueued + self.max_wait
         while head.key is not None and total < self.max_batch_size:
-            remaining = deadline - asyncio.get_running_loop().time()
+            remaining = deadline - time.perf_counter()
             if remaining <= 0:
                 break
             self._wakeup.clear()
