@@ -254,6 +254,8 @@ def serve(
     ssl_keyfile: Optional[Path] = typer.Option(None, "--ssl-keyfile"),
     device: str = typer.Option("auto"),
     threads: int = typer.Option(0, help="Torch CPU threads (0: torch's default)."),
+    workers: int = typer.Option(1, "--workers", min=1, max=64, help="Server processes on this port, each "
+                                "with its own copy of the models; they share only the jobs database."),
     log_level: str = typer.Option("info", "--log-level"),
 ):
     """Serve models over HTTP: OpenAI-style API under /v1, web page at /, docs at /docs."""
@@ -292,7 +294,7 @@ def serve(
         raise GenforgeError(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}") from None
     import uvicorn
 
-    from .serve.app import create_app
+    from .serve.app import LOG_LEVEL_ENV, SETTINGS_ENV, create_app
     from .serve.observability import configure_logging
 
     configure_logging(log_level.upper())
@@ -303,9 +305,16 @@ def serve(
     if not loopback and ssl_certfile is None:
         typer.echo(f"warning: serving plain HTTP on {host}: API keys cross the network in clear; "
                    "use --ssl-certfile/--ssl-keyfile or a TLS proxy", err=True)
-    uvicorn.run(create_app(settings), host=host, port=port, log_config=None, access_log=False,
-                log_level=log_level.lower(), ssl_certfile=str(ssl_certfile) if ssl_certfile else None,
-                ssl_keyfile=str(ssl_keyfile) if ssl_keyfile else None, timeout_graceful_shutdown=10)
+    tls = dict(ssl_certfile=str(ssl_certfile) if ssl_certfile else None,
+               ssl_keyfile=str(ssl_keyfile) if ssl_keyfile else None)
+    common = dict(host=host, port=port, log_config=None, access_log=False, log_level=log_level.lower(),
+                  timeout_graceful_shutdown=10, **tls)
+    if workers == 1:
+        uvicorn.run(create_app(settings), **common)
+    else:  # uvicorn starts each worker from an import string; the settings travel in the environment
+        os.environ[SETTINGS_ENV] = settings.model_dump_json()
+        os.environ[LOG_LEVEL_ENV] = log_level.upper()
+        uvicorn.run("genforge.serve.app:app_from_env", factory=True, workers=workers, **common)
 
 
 @keys_app.command("create")

@@ -12,6 +12,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Optional
@@ -129,6 +130,42 @@ def test_job_lifecycle(tmp_path, runs, keys, jobs_url):
     store = JobStore(jobs_url)  # what a restarted server reads back
     assert store.public(store.row(job_id)) == j
     store.close()
+
+
+def test_servers_starting_together_create_the_table_once(jobs_url):
+    """Several workers started at once on a fresh database all open it (none dies on "table exists")."""
+    barrier, stores, errors = threading.Barrier(6), [], []
+
+    def start() -> None:
+        barrier.wait()
+        try:
+            stores.append(JobStore(jobs_url))
+        except Exception as e:  # noqa: BLE001 - the assertion below shows it
+            errors.append(e)
+
+    threads = [threading.Thread(target=start) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == [] and len(stores) == 6
+    for s in stores:
+        s.close()
+
+
+@pytest.mark.parametrize("have, want", [({"psycopg"}, "postgresql+psycopg://u:pw@db:5432/jobs"),
+                                        ({"psycopg", "psycopg2"}, "postgresql://u:pw@db:5432/jobs")])
+def test_bare_postgresql_url_uses_the_installed_driver(monkeypatch, have, want):
+    import importlib.util
+
+    from genforge.serve import jobs as jobs_mod
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: object() if name in have else
+                        (None if name in ("psycopg", "psycopg2") else real(name, *a)))
+    assert jobs_mod._driver_url("postgresql://u:pw@db:5432/jobs") == want
+    assert jobs_mod._driver_url("sqlite:///x.db") == "sqlite:///x.db"
 
 
 def _mark_running(store: JobStore, job_id: str, worker: str, attempts: int, heartbeat: float) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import io
 import logging
+import os
 import secrets
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -111,6 +112,18 @@ def _read_image(data: bytes, max_pixels: int) -> Image.Image:
         raise _ApiError(400, "the upload is not an image this server can read (PNG, JPEG, GIF, BMP, "
                              "WebP ...)", "invalid_image", "image") from None
     return im
+
+
+SETTINGS_ENV, LOG_LEVEL_ENV = "GENFORGE_SERVE_SETTINGS", "GENFORGE_SERVE_LOG_LEVEL"
+
+
+def app_from_env() -> FastAPI:
+    """The app of one worker of `genforge serve --workers N`: uvicorn imports this in every worker
+    process, and the settings come from the environment the CLI set before starting them."""
+    from .observability import configure_logging
+
+    configure_logging(os.environ.get(LOG_LEVEL_ENV, "INFO"))
+    return create_app(Settings.model_validate_json(os.environ[SETTINGS_ENV]))
 
 
 def create_app(settings: Optional[Settings] = None) -> FastAPI:

@@ -21,9 +21,9 @@ import time
 from typing import Any, Awaitable, Callable, Optional
 
 from sqlalchemy import (Boolean, Column, Float, Integer, LargeBinary, MetaData, String, Table, Text,
-                        create_engine, event, select, update)
-from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
+                        create_engine, event, select, text, update)
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 
 from ..errors import GenforgeError
@@ -67,7 +67,39 @@ def fernet_from_env():
                             "print(Fernet.generate_key().decode())'") from None
 
 
+def _driver_url(url: str) -> str:
+    """A bare postgresql:// URL means SQLAlchemy's default driver, psycopg2; when only psycopg 3 (the
+    `pg` extra) is installed, use that instead of failing on the missing module."""
+    u = make_url(url)
+    if u.drivername == "postgresql":
+        import importlib.util
+
+        if importlib.util.find_spec("psycopg2") is None and importlib.util.find_spec("psycopg") is not None:
+            return u.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+    return url
+
+
+def create_tables(engine: Engine, attempts: int = 5) -> None:
+    """Create the jobs table once, however many servers start on a fresh database at the same time.
+    PostgreSQL serialises the check-then-create under an advisory lock; elsewhere (SQLite) a server
+    that lost the race sees "already exists" and checks again."""
+    for attempt in range(attempts):
+        try:
+            if engine.dialect.name == "postgresql":
+                with engine.begin() as conn:
+                    conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": 0x67656E66})
+                    metadata.create_all(conn)
+            else:
+                metadata.create_all(engine)
+            return
+        except DBAPIError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.05 * (attempt + 1))
+
+
 def make_engine(url: str) -> Engine:
+    url = _driver_url(url)
     if url.startswith("sqlite"):
         memory = url in ("sqlite://", "sqlite:///:memory:")
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
@@ -105,7 +137,7 @@ class JobStore:
         self.worker = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         try:
             self.engine = make_engine(url)
-            metadata.create_all(self.engine)
+            create_tables(self.engine)
         except SQLAlchemyError as e:
             raise GenforgeError(f"cannot open the jobs database {self.safe_url}: {e.__class__.__name__}: "
                                 f"{str(e).splitlines()[0]}") from None
@@ -116,8 +148,6 @@ class JobStore:
 
     @property
     def safe_url(self) -> str:
-        from sqlalchemy.engine import make_url
-
         return make_url(self.url).render_as_string(hide_password=True)
 
     def _seal(self, data: bytes) -> bytes:
