@@ -50,6 +50,7 @@ def main() -> None:
     ap.add_argument("--feature-net", default="classifier-fashion")
     ap.add_argument("-n", type=int, default=1000)
     ap.add_argument("--steps", type=int, default=20, help="sampling steps (diffusion, DPM-Solver++)")
+    ap.add_argument("--name", help="result name (default: the run directory's name)")
     args = ap.parse_args()
     tune_malloc()
     pipe = genforge.load(args.run_dir)
@@ -66,10 +67,11 @@ def main() -> None:
         load_weights(pipe.model, weights)
         fake = to_uint8(pipe.generate(n=args.n, seed=0, steps=args.steps))
         rep = fid_report(real, net.features(fake), net.name)
-        points.append({"step": step, "minutes": round(times.get(step, 0.0) / 60, 2), "fid": rep["fid"],
+        points.append({"step": step, "images": step * pipe.cfg.train.batch_size,
+                       "minutes": round(times.get(step, 0.0) / 60, 2), "fid": rep["fid"],
                        "kid_mean": rep["kid_mean"], "metric": rep["metric"]})
         print(points[-1], flush=True)
-    name = args.run_dir.name
+    name = args.name or args.run_dir.name
     png = RESULTS / f"fid_vs_time_{name}.png"
     RESULTS.mkdir(parents=True, exist_ok=True)
     plot(points, f"{name}: {points[0]['metric']} vs training time (n={args.n})", png)
