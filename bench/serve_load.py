@@ -113,9 +113,10 @@ def batch_delta(before: dict[str, float], after: dict[str, float]) -> dict:
 
 
 class Server:
-    def __init__(self, model: str, port: int, keys: Path, db: Path, batch: int, wait_ms: float, threads: int):
+    def __init__(self, model: str, port: int, keys: Path, db: Path, batch: int, wait_ms: float, threads: int,
+                 wait_fraction: float = 0.25):
         cmd = [sys.executable, "-m", "genforge.cli", "serve", model, "--port", str(port),
-               "--max-batch-size", str(batch), "--max-wait-ms", str(wait_ms), "--queue-size", "4096",
+               "--max-batch-size", str(batch), "--max-wait-ms", str(wait_ms), "--wait-fraction", str(wait_fraction), "--queue-size", "4096",
                "--rate-limit", "0", "--keys", str(keys), "--jobs-url", f"sqlite:///{db}",
                "--threads", str(threads), "--log-level", "warning"]
         self.url = f"http://127.0.0.1:{port}"
@@ -351,6 +352,8 @@ def main() -> None:
     ap.add_argument("--concurrency", default="1,8,32")
     ap.add_argument("--batch-sizes", default="16,1", help="--max-batch-size settings; 1 is batching off.")
     ap.add_argument("--max-wait-ms", type=float, default=10.0)
+    ap.add_argument("--wait-fraction", type=float, default=0.25,
+                    help="Server --wait-fraction (a large value such as 100 leaves only --max-wait-ms).")
     ap.add_argument("--duration", type=float, default=20.0, help="Seconds per cell (at most 60).")
     ap.add_argument("--max-requests", type=int, default=5000, help="Requests per cell at most.")
     ap.add_argument("--n", type=int, default=1, help="Images per request.")
@@ -383,10 +386,10 @@ def main() -> None:
         _, admin = store.create("bench-metrics", "admin")
         body = {"n": args.n, "steps": args.steps, "sampler": args.sampler}
         meta = {"model": args.model or "random dcgan z100 w64 32x32", "request": body,
-                "max_wait_ms": args.max_wait_ms, "client": args.client, "cpu_count": os.cpu_count()}
+                "max_wait_ms": args.max_wait_ms, "wait_fraction": args.wait_fraction, "client": args.client, "cpu_count": os.cpu_count()}
         if args.soak:
             server = Server(model, _free_port(), root / "keys.json", root / "jobs-soak.db", args.soak_batch_size,
-                            args.max_wait_ms, args.threads)
+                            args.max_wait_ms, args.threads, args.wait_fraction)
             try:
                 server.wait_ready()
                 soak = asyncio.run(run_soak(server, key, admin, body, args.soak, args.soak_concurrency,
@@ -406,7 +409,7 @@ def main() -> None:
         cells = []
         for batch in batch_sizes:
             server = Server(model, _free_port(), root / "keys.json", root / f"jobs-{batch}.db", batch,
-                            args.max_wait_ms, args.threads)
+                            args.max_wait_ms, args.threads, args.wait_fraction)
             try:
                 server.wait_ready()
                 for c in concurrency:

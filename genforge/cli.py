@@ -242,6 +242,9 @@ def serve(
                                        "(1 turns batching off)."),
     max_wait_ms: float = typer.Option(10.0, "--max-wait-ms", help="How long a request waits for others "
                                       "to batch with."),
+    wait_fraction: float = typer.Option(0.25, "--wait-fraction", help="...and at most this fraction of the "
+                                        "model's recent forward time, so fast models are not slowed "
+                                        "(100: always the full --max-wait-ms)."),
     queue_size: int = typer.Option(64, "--queue-size", help="Waiting requests per model before 503."),
     jobs_url: Optional[str] = typer.Option(None, "--jobs-url", help="SQLAlchemy URL of the jobs database "
                                            "(default: sqlite:///~/.genforge/jobs.db)."),
@@ -285,7 +288,8 @@ def serve(
         seen[run_dir.name] = m
     try:
         settings = Settings(models=list(models or []), device=device, threads=threads,
-                            max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, queue_size=queue_size,
+                            max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, wait_fraction=wait_fraction,
+                            queue_size=queue_size,
                             jobs_url=jobs_url, rate_limit=rate_limit, rate_burst=rate_burst,
                             redact_inputs=redact_inputs, metrics_open=metrics_open,
                             **({"keys_path": keys} if keys else {}))

@@ -330,6 +330,35 @@ def test_batcher_wait_counts_from_arrival():
     assert batches[1][0] - t_open < 0.2  # no fresh 400 ms wait once the model was free
 
 
+def test_batcher_wait_bounded_by_forward_time():
+    """Once a forward pass has been timed, a lone request waits at most wait_fraction of it for
+    company (not the full max_wait_ms); wait_fraction=None keeps the fixed wait."""
+    from genforge.serve.batching import Batcher
+
+    def run(items):
+        time.sleep(0.04)
+        return items
+
+    async def lone_latency(wait_fraction):
+        b = Batcher("m", run, max_batch_size=8, max_wait_ms=400, wait_fraction=wait_fraction)
+        b.start()
+        assert b.wait_s == 0.4  # nothing measured yet: the full wait
+        t = time.perf_counter()
+        await b.submit("a", key=0)
+        first = time.perf_counter() - t
+        t = time.perf_counter()
+        await b.submit("b", key=0)
+        second = time.perf_counter() - t
+        wait = b.wait_s
+        await b.stop()
+        return first, second, wait
+
+    first, second, wait = asyncio.run(lone_latency(0.25))
+    assert first >= 0.4 and 0.009 <= wait <= 0.05 and second < 0.2
+    first, second, wait = asyncio.run(lone_latency(None))
+    assert first >= 0.4 and second >= 0.4 and wait == 0.4
+
+
 # -- metrics and logs -------------------------------------------------------------------------------
 def test_metrics_scope_and_open(tmp_path, runs, keys, client):
     assert client.get("/metrics").status_code == 401

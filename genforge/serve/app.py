@@ -152,7 +152,8 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
                   "`genforge keys create --name NAME --scopes generate,classify`", logging.WARNING,
                   keys=str(keys.path))
         event("ready", models=[m.id for m in models], jobs_db=store.safe_url, recovered=recovered,
-              max_batch_size=settings.max_batch_size, max_wait_ms=settings.max_wait_ms)
+              max_batch_size=settings.max_batch_size, max_wait_ms=settings.max_wait_ms,
+              wait_fraction=settings.wait_fraction)
         state["ready"] = True
         try:
             yield

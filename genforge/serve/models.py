@@ -54,7 +54,8 @@ class ServedModel:
                  metrics: Any = None):
         self.id, self.pipe, self.settings = model_id, pipe, settings
         self.batcher = Batcher(model_id, self.run_batch, max_batch_size=settings.max_batch_size,
-                               max_wait_ms=settings.max_wait_ms, queue_size=settings.queue_size,
+                               max_wait_ms=settings.max_wait_ms, wait_fraction=settings.wait_fraction,
+                               queue_size=settings.queue_size,
                                executor=executor, metrics=metrics)
 
     def info(self) -> dict:

@@ -20,6 +20,7 @@ class Settings(BaseModel):
     threads: int = Field(0, ge=0)  # torch intra-op threads; 0 keeps torch's default
     max_batch_size: int = Field(16, ge=1, le=1024)  # images per merged forward pass; 1 turns batching off
     max_wait_ms: float = Field(10.0, ge=0, le=10_000)  # how long the first request waits for company
+    wait_fraction: float = Field(0.25, ge=0, le=100)  # ...and at most this fraction of a recent forward pass
     queue_size: int = Field(64, ge=1)  # requests waiting per model before 503
     jobs_url: Optional[str] = None  # SQLAlchemy URL; None: sqlite in ~/.genforge/jobs.db
     job_max_attempts: int = Field(2, ge=1)  # runs of one job across server restarts before it fails
