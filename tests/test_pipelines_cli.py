@@ -22,6 +22,8 @@ def runs(tmp_path_factory):
     Trainer(diff, root / "diff").fit()
     cgan = load_config(None, TINY_GAN + ["model.name=cgan", "train.steps=2", "model.params.d_width=4"])
     Trainer(cgan, root / "cgan").fit()
+    sngan = load_config(None, TINY_GAN + ["model.name=sngan", "train.steps=2", "model.params.d_width=4"])
+    Trainer(sngan, root / "sngan").fit()
     clf = load_config(None, ["task=classify", "model.name=cnn", "model.params.width=4", "data.name=digits",
                              "data.image_size=16", "data.limit=64", "train.batch_size=16", "train.steps=3",
                              "train.tensorboard=false"])
@@ -59,6 +61,21 @@ def test_conditional_labels(runs):
         pipe(n=1, labels=[12])
     with pytest.raises(GenforgeError, match="takes no labels"):
         genforge.load(runs / "gan")(n=1, labels=[1])
+
+
+def test_sngan_is_unconditional_hinge_with_spectral_norm(runs):
+    from torch.nn.utils import parametrize
+
+    pipe = genforge.load(runs / "sngan")
+    model = pipe.model
+    assert model.loss == "hinge" and not model.conditional and not pipe.conditional
+    d = model.discriminator
+    assert d.embed is None and parametrize.is_parametrized(d.linear)
+    x = pipe.generate(n=3, seed=2)
+    assert x.shape == (3, 1, 16, 16) and (pipe.generate(n=3, seed=2) == x).all()
+    assert d(x).shape == (3,)  # one logit per image, no labels needed
+    logged = [json.loads(ln) for ln in (runs / "sngan" / "metrics.jsonl").read_text().splitlines()]
+    assert any("loss_d" in r for r in logged)
 
 
 def test_classifier_pipeline(runs):

@@ -10,7 +10,7 @@ from . import Task
 
 @register_task("gan")
 class GANTask(Task):
-    models = ("dcgan", "cgan")
+    models = ("dcgan", "sngan", "cgan")
 
     def __init__(self, cfg, data=None):
         super().__init__(cfg, data)
