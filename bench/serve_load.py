@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import save  # noqa: E402
@@ -68,12 +69,8 @@ def default_model(root: Path) -> str:
 
 
 def percentile(xs: list[float], q: float) -> float:
-    xs = sorted(xs)
-    if not xs:
-        return float("nan")
-    k = (len(xs) - 1) * q
-    lo, hi = int(k), min(int(k) + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
+    """numpy's linear-interpolation percentile, NaN (not an error) for a cell with no successes."""
+    return float(np.percentile(xs, 100 * q)) if xs else float("nan")
 
 
 def proc_memory_mb(pid: int) -> dict[str, float]:
@@ -114,7 +111,7 @@ def batch_delta(before: dict[str, float], after: dict[str, float]) -> dict:
 
 class Server:
     def __init__(self, model: str, port: int, keys: Path, db: Path, batch: int, wait_ms: float, threads: int,
-                 wait_fraction: float = 0.25):
+                 wait_fraction: float):
         cmd = [sys.executable, "-m", "genforge.cli", "serve", model, "--port", str(port),
                "--max-batch-size", str(batch), "--max-wait-ms", str(wait_ms), "--wait-fraction", str(wait_fraction), "--queue-size", "4096",
                "--rate-limit", "0", "--keys", str(keys), "--jobs-url", f"sqlite:///{db}",

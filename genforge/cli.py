@@ -309,10 +309,9 @@ def serve(
     if not loopback and ssl_certfile is None:
         typer.echo(f"warning: serving plain HTTP on {host}: API keys cross the network in clear; "
                    "use --ssl-certfile/--ssl-keyfile or a TLS proxy", err=True)
-    tls = dict(ssl_certfile=str(ssl_certfile) if ssl_certfile else None,
-               ssl_keyfile=str(ssl_keyfile) if ssl_keyfile else None)
     common = dict(host=host, port=port, log_config=None, access_log=False, log_level=log_level.lower(),
-                  timeout_graceful_shutdown=10, **tls)
+                  timeout_graceful_shutdown=10, ssl_certfile=str(ssl_certfile) if ssl_certfile else None,
+                  ssl_keyfile=str(ssl_keyfile) if ssl_keyfile else None)
     if workers == 1:
         uvicorn.run(create_app(settings), **common)
     else:  # uvicorn starts each worker from an import string; the settings travel in the environment

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import io
+import socket
 import time
 from pathlib import Path
 
@@ -22,6 +23,13 @@ from genforge.serve.auth import KeyStore
 from genforge.train.checkpoint import atomic_write_json, save_tensors
 
 CLASSES = ["circle", "square", "triangle"]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def make_run(root: Path, name: str, task: str, model: str, params: dict, class_names=None) -> Path:

@@ -9,7 +9,6 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import threading
@@ -21,7 +20,7 @@ import pytest
 
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
-from serve_helpers import auth, expected_pngs, keys, one_thread, runs, settings, wait_job  # noqa: E402,F401
+from serve_helpers import auth, expected_pngs, free_port, keys, one_thread, runs, settings, wait_job  # noqa: E402,F401
 from sqlalchemy import update  # noqa: E402
 
 from genforge.serve import create_app  # noqa: E402
@@ -66,9 +65,7 @@ def pg_server():
                         "`postgresql` package, which creates it", pytrace=False)
         os.chown(root, user.pw_uid, user.pw_gid)
         as_user = ["runuser", "-u", "postgres", "--"]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     data, log = root / "data", root / "server.log"
 
     def run(*cmd: str, check: bool = True) -> None:

@@ -6,7 +6,6 @@ import datetime
 import ipaddress
 import os
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -17,7 +16,7 @@ import pytest
 
 pytest.importorskip("fastapi")
 import httpx  # noqa: E402
-from serve_helpers import auth, expected_pngs, keys, runs, wait_job  # noqa: E402,F401
+from serve_helpers import auth, expected_pngs, free_port, keys, runs, wait_job  # noqa: E402,F401
 
 
 def self_signed(tmp: Path) -> tuple[Path, Path]:
@@ -42,12 +41,6 @@ def self_signed(tmp: Path) -> tuple[Path, Path]:
     key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                            serialization.NoEncryption()))
     return cert_path, key_path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def worker_processes(pid: int) -> int:

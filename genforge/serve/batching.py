@@ -15,10 +15,8 @@ whatever queued while the model was busy.
 The wait is also bounded by ``wait_fraction`` of the model's recent forward time (a running
 average, measured once the first batch has run): a request never waits longer for company than a
 quarter (by default) of what serving it costs. A fixed 10 ms is nothing to a 150 ms diffusion
-sampler but would quadruple the latency of a 4 ms GAN forward pass; measured on 2 cores, this bound
-took the DCGAN from 60 to 150 requests/s at concurrency 1 and from 268 to about 480 at concurrency 8
-(``bench/serve_load.py``), while the diffusion model keeps its full wait and its batches of 8.
-``wait_fraction=None`` turns the bound off.
+sampler but would quadruple the latency of a 4 ms GAN forward pass (the README's serving section
+has the measured effect on both). ``wait_fraction=None`` turns the bound off.
 
 The queue is bounded: past ``queue_size`` waiting requests, ``submit`` raises ``QueueFull`` at once
 (the server answers 503 with Retry-After) instead of letting latency grow without limit.
