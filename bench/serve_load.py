@@ -340,6 +340,12 @@ def summarise(cells: list[dict]) -> dict:
         out["single_request_p50_ms"] = base["p50_ms"]
         out["p99_over_single_p50"] = {f"{'off' if b == 1 else 'on'}@{k}": round(c["p99_ms"] / base["p50_ms"], 2)
                                       for (b, k), c in by.items()}
+    # how much longer one merged forward pass (model + PNG encoding) takes than a lone request's: a
+    # request at concurrency k waits for at least one such pass, so p99 over single p50 cannot go below it
+    one = by.get((on, 1)) if on else None
+    if one and one["mean_forward_ms"]:
+        out["forward_over_single_forward"] = {f"on@{k}": round(c["mean_forward_ms"] / one["mean_forward_ms"], 2)
+                                              for (b, k), c in by.items() if b == on and c["mean_forward_ms"]}
     return out
 
 

@@ -220,7 +220,14 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
 
     @app.exception_handler(HTTPException)
     async def _http_error(request: Request, e: HTTPException):
-        return JSONResponse(error_body(str(e.detail), f"http_{e.status_code}"), e.status_code,
+        message, kind = str(e.detail), "invalid_request_error"
+        path = request.url.path if len(request.url.path) <= 100 else request.url.path[:97] + "..."
+        if e.status_code == 404 and e.detail == "Not Found":  # the router's own: no such route
+            message, kind = (f"no route {request.method} {path}; the routes are listed at /docs "
+                             "(OpenAPI schema at /openapi.json)"), "not_found_error"
+        elif e.status_code == 405 and e.detail == "Method Not Allowed":
+            message = f"{path} does not take {request.method}; see /docs for its methods"
+        return JSONResponse(error_body(message, f"http_{e.status_code}", kind), e.status_code,
                             headers=getattr(e, "headers", None))
 
     @app.exception_handler(Exception)
