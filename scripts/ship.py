@@ -46,7 +46,7 @@ def main() -> None:
     else:
         rep = fid_for_run(str(tmp), n=args.n, feature_net=args.feature_net)
         notes["fid"] = {k: rep[k] for k in ("metric", "fid", "kid_mean", "precision", "recall", "n_real",
-                                            "n_fake", "split") if k in rep}
+                                            "n_fake", "split", "class_accuracy") if k in rep}
         if "sampler" in rep:
             notes["fid"].update(sampler=rep["sampler"], steps=rep["steps"])
     cfg["notes"] = {**cfg.get("notes", {}), **notes}

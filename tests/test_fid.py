@@ -271,3 +271,39 @@ def test_classifier_features_preprocess_and_registry():
     torch.testing.assert_close(got3, want3, rtol=1e-5, atol=1e-5)
     with pytest.raises(GenforgeError, match="uint8"):
         net.features(torch.zeros(2, 1, 16, 16))
+
+
+# ------------------------------------------------------------- class accuracy of conditional generators
+
+
+def test_class_accuracy_of_a_conditional_generator(tmp_path):
+    """eval fid on a class-conditional generator also reports how often the feature-net classifier
+    names the asked-for class; checked against the classifier pipeline run on the saved PNG images."""
+    import genforge
+    from genforge.data.transforms import to_pil_list, to_uint8
+    from genforge.eval.runner import fid_for_run
+    from serve_helpers import CLASSES, make_run
+
+    cgan = make_run(tmp_path, "cgan", "gan", "cgan", {"z_dim": 16, "width": 8, "d_width": 8, "image_size": 16,
+                                                    "channels": 1, "num_classes": 3}, CLASSES)
+    clf = make_run(tmp_path, "clf", "classify", "cnn", {"in_channels": 1, "num_classes": 3, "image_size": 16,
+                                                       "width": 4, "feature_dim": 16}, CLASSES)
+    rep = fid_for_run(str(cgan), feature_net=str(clf), n=30, device="cpu")
+    images = to_pil_list(to_uint8(genforge.load(cgan, device="cpu").generate(n=30, seed=0)))
+    named = [r[0]["label"] for r in genforge.load(clf, device="cpu")(images, top_k=1)]
+    asked = [CLASSES[i % 3] for i in range(30)]
+    assert rep["class_accuracy"] == round(sum(a == b for a, b in zip(named, asked)) / 30, 4)
+    assert set(rep["class_accuracy_per_class"]) == set(CLASSES)
+    for c in CLASSES:
+        hits = [a == b for a, b in zip(named, asked) if b == c]
+        assert rep["class_accuracy_per_class"][c] == round(sum(hits) / len(hits), 4)
+    json.dumps(rep)
+
+    # no score where it would mean nothing: an unconditional generator, or a classifier of other classes
+    gan = make_run(tmp_path, "gan", "gan", "dcgan", {"z_dim": 16, "width": 8, "d_width": 8, "image_size": 16,
+                                                   "channels": 1})
+    assert "class_accuracy" not in fid_for_run(str(gan), feature_net=str(clf), n=30, device="cpu")
+    other = make_run(tmp_path, "clf-other", "classify", "cnn", {"in_channels": 1, "num_classes": 3,
+                                                               "image_size": 16, "width": 4, "feature_dim": 16},
+                     ["a", "b", "c"])
+    assert "class_accuracy" not in fid_for_run(str(cgan), feature_net=str(other), n=30, device="cpu")

@@ -5,7 +5,7 @@ checked against hand-computed values. Feature nets only turn uint8 images into t
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -251,10 +251,11 @@ class ClassifierFeatures:
     """Penultimate features of a trained genforge Classifier; callers report FID-<name>."""
 
     def __init__(self, model: nn.Module, image_size: int = 32, channels: int = 1,
-                 name: str = "classifier"):
+                 name: str = "classifier", class_names: Optional[Sequence[str]] = None):
         if not hasattr(model, "features"):
             raise GenforgeError(f"{type(model).__name__} has no .features(x); pass a genforge Classifier")
         self.model, self.image_size, self.channels, self.name = model, image_size, channels, name
+        self.class_names = list(class_names) if class_names else None
         self.dim = int(getattr(model, "feature_dim", 0)) or self._probe_dim()
 
     def _probe_dim(self) -> int:
@@ -262,6 +263,15 @@ class ClassifierFeatures:
         return int(self.features(x).shape[1])
 
     def features(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        return self._run(images, self.model.features, self.dim, batch_size)
+
+    def predict(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        """The classifier's top-1 class index of each uint8 image (same preprocessing as features)."""
+        out = self._run(images, self.model, 1, batch_size)
+        return out.argmax(1) if out.numel() else torch.zeros(0, dtype=torch.long)
+
+    def _run(self, images: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor], empty_dim: int,
+             batch_size: int) -> torch.Tensor:
         images = check_uint8_images(images)
         device = next(self.model.parameters()).device
         was_training = self.model.training
@@ -275,9 +285,9 @@ class ClassifierFeatures:
                     if x.shape[-2:] != (self.image_size, self.image_size):
                         x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",
                                           align_corners=False, antialias=True)
-                    out.append(self.model.features(x).float().flatten(1).cpu())
+                    out.append(fn(x).float().flatten(1).cpu())
         finally:
             self.model.train(was_training)
         if not out:
-            return torch.zeros(0, self.dim)
+            return torch.zeros(0, empty_dim)
         return torch.cat(out)

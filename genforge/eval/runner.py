@@ -27,7 +27,8 @@ def classifier_feature_net(spec: str, device: str = "auto"):
     if not isinstance(pipe, ClassifierPipeline):
         raise GenforgeError(f"feature net {spec!r} is a {pipe.cfg.task!r} run; it must be a classify run")
     name = Path(str(pipe.run_dir)).name
-    return ClassifierFeatures(pipe.model, image_size=pipe.image_size, channels=pipe.channels, name=name)
+    return ClassifierFeatures(pipe.model, image_size=pipe.image_size, channels=pipe.channels, name=name,
+                              class_names=pipe.class_names)
 
 
 def default_feature_net(dataset: str, device: str = "auto"):
@@ -78,4 +79,20 @@ def fid_for_run(run_dir: str, data: Optional[str] = None, data_path: Optional[st
             "generate_seconds": round(gen_s, 2)}
     if pipe.cfg.task == "diffusion":
         info.update(sampler=sampler, steps=steps)
+    info.update(class_accuracy(pipe, net, fake, n))
     return fid_report(f_real, f_fake, net.name, **info)
+
+
+def class_accuracy(pipe, net, fake: torch.Tensor, n: int) -> dict:
+    """For a class-conditional generator judged by a classifier of the same classes: how often the
+    classifier names the class each image was asked for (overall and per class). Empty otherwise."""
+    from .fid import ClassifierFeatures
+
+    names = pipe.class_names if pipe.conditional else None
+    if not names or not isinstance(net, ClassifierFeatures) or net.class_names != names:
+        return {}
+    asked = pipe.label_tensor(n)  # what generate(n) drew: every class in turn
+    hit = (net.predict(fake) == asked).float()
+    per_class = {name: round(float(hit[asked == i].mean()), 4) for i, name in enumerate(names)
+                 if bool((asked == i).any())}
+    return {"class_accuracy": round(float(hit.mean()), 4), "class_accuracy_per_class": per_class}
