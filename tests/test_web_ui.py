@@ -37,8 +37,11 @@ def server(tmp_path):
     clf = make_run(tmp_path, "tiny-clf", "classify", "cnn",
                    {"in_channels": 1, "num_classes": 3, "image_size": 16, "width": 4, "feature_dim": 16},
                    CLASSES)
+    cgan = make_run(tmp_path, "tiny-cgan", "gan", "cgan",
+                    {"z_dim": 16, "width": 8, "d_width": 8, "image_size": 16, "channels": 1, "num_classes": 3},
+                    CLASSES)
     _, key = KeyStore(tmp_path / "keys.json").create("ui", "generate,classify")
-    app = create_app(Settings(models=[str(gan), str(clf)], keys_path=tmp_path / "keys.json", device="cpu",
+    app = create_app(Settings(models=[str(gan), str(clf), str(cgan)], keys_path=tmp_path / "keys.json", device="cpu",
                               jobs_url=f"sqlite:///{tmp_path / 'jobs.db'}"))
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -80,10 +83,23 @@ def test_generate_and_classify_in_browser(server):
             page.fill("#api-key", key)
             page.click("#connect")
             page.wait_for_selector("#generate:not([disabled])")
+            # a class-conditional model: the class field appears, an unknown class is refused in words
+            page.select_option("#gen-model", "tiny-cgan")
+            expect(page.locator("#gen-labels")).to_be_visible()
+            page.fill("#gen-n", "4")
+            page.fill("#gen-labels", "hexagon")
+            page.click("#generate")
+            expect(page.locator("#gen-error")).to_contain_text("hexagon")
+            page.fill("#gen-labels", "square, circle")
+            page.click("#generate")
+            expect(page.locator("#gallery img")).to_have_count(4)
+            expect(page.locator("#gen-error")).to_be_empty()
+            page.select_option("#gen-model", "tiny-gan")
+            expect(page.locator("#gen-labels")).to_be_hidden()
             page.fill("#gen-n", "6")
             page.fill("#gen-seed", "3")
             page.click("#generate")
-            page.wait_for_selector("#gallery img")
+            expect(page.locator("#gallery img")).to_have_count(6)  # the 4 conditional images replaced
             srcs = page.eval_on_selector_all("#gallery img", "els => els.map(e => e.src)")
             assert len(srcs) == 6 and all(s.startswith("data:image/png;base64,") and len(s) > 40 for s in srcs)
             expect(page.locator("#gen-progress")).to_be_hidden()  # no job, no progress bar
