@@ -188,6 +188,7 @@ def eval_fid(
                                                      help="pt_inception-2015-12-05 weights: standard FID."),
     steps: int = typer.Option(25), sampler: str = typer.Option("dpm++"),
     seed: int = typer.Option(0), device: str = typer.Option("auto"),
+    guidance: float = typer.Option(1.0, help="Classifier-free guidance scale (conditional diffusion)."),
     out: Optional[Path] = typer.Option(None, help="Also write the JSON report here."),
 ):
     """FID, KID and precision/recall between generated samples and a dataset."""
@@ -195,7 +196,7 @@ def eval_fid(
 
     report = fid_for_run(run_dir, data=data, data_path=data_path, split=split, n=n,
                          feature_net=feature_net, inception_weights=inception_weights, steps=steps,
-                         sampler=sampler, seed=seed, device=device)
+                         sampler=sampler, seed=seed, device=device, guidance=guidance)
     if out is not None:
         check_writable(out.parent)
         out.write_text(json.dumps(report, indent=2) + "\n")

@@ -307,3 +307,18 @@ def test_class_accuracy_of_a_conditional_generator(tmp_path):
                                                                "image_size": 16, "width": 4, "feature_dim": 16},
                      ["a", "b", "c"])
     assert "class_accuracy" not in fid_for_run(str(cgan), feature_net=str(other), n=30, device="cpu")
+
+
+def test_eval_fid_passes_guidance_to_conditional_diffusion(tmp_path):
+    from genforge.eval.runner import fid_for_run
+    from serve_helpers import CLASSES, make_run
+
+    # 64 channels in 32 norm groups: with one channel per group (narrower widths) GroupNorm removes the
+    # per-channel class embedding of a fresh model and guidance could not change anything
+    run = make_run(tmp_path, "cdiff", "diffusion", "diffusion",
+                   {"widths": [64, 64], "attention": [False, False], "num_train_timesteps": 50, "image_size": 16,
+                    "channels": 1, "num_classes": 3}, CLASSES)
+    a = fid_for_run(str(run), n=12, steps=2, device="cpu", data="digits", feature_net="classifier-fashion")
+    b = fid_for_run(str(run), n=12, steps=2, device="cpu", data="digits", feature_net="classifier-fashion",
+                    guidance=3.0)
+    assert a["guidance"] == 1.0 and b["guidance"] == 3.0 and a["fid"] != b["fid"]

@@ -47,7 +47,7 @@ def default_feature_net(dataset: str, device: str = "auto"):
 def fid_for_run(run_dir: str, data: Optional[str] = None, data_path: Optional[str] = None,
                 split: str = "test", n: int = 2000, feature_net: Optional[str] = None,
                 inception_weights: Optional[Path] = None, steps: int = 25, sampler: str = "dpm++",
-                seed: int = 0, device: str = "auto") -> dict:
+                seed: int = 0, device: str = "auto", guidance: float = 1.0) -> dict:
     from ..pipelines import load_pipeline
     from ..pipelines.image import ImagePipeline
     from . import fid_report
@@ -70,7 +70,7 @@ def fid_for_run(run_dir: str, data: Optional[str] = None, data_path: Optional[st
     else:
         net = default_feature_net(dcfg.name, device)
     t0 = time.time()
-    fake = to_uint8(pipe.generate(n=n, seed=seed, steps=steps, sampler=sampler))
+    fake = to_uint8(pipe.generate(n=n, seed=seed, steps=steps, sampler=sampler, guidance=guidance))
     gen_s = time.time() - t0
     with torch.no_grad():
         f_real = net.features(ref.images)
@@ -79,6 +79,8 @@ def fid_for_run(run_dir: str, data: Optional[str] = None, data_path: Optional[st
             "generate_seconds": round(gen_s, 2)}
     if pipe.cfg.task == "diffusion":
         info.update(sampler=sampler, steps=steps)
+        if pipe.conditional:
+            info.update(guidance=guidance)
     info.update(class_accuracy(pipe, net, fake, n))
     return fid_report(f_real, f_fake, net.name, **info)
 
