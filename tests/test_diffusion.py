@@ -42,3 +42,19 @@ def test_v_prediction_starts_from_pure_noise():
         sv.set_timesteps(20)
         se.set_timesteps(20)
         assert int(sv.timesteps[0]) == 999 and int(se.timesteps[0]) < 999
+
+
+@pytest.mark.parametrize("scale_shift", [False, True])
+def test_class_embedding_reaches_narrow_blocks_only_with_scale_shift(scale_shift):
+    """Width 16 under 16 GroupNorm groups: an embedding added before the norm (diffusers' default) is a
+    per-channel constant that the norm removes; scale_shift applies it after the norm."""
+    torch.manual_seed(0)
+    m = DiffusionModel(channels=1, image_size=8, widths=(16, 16), attention=(False, False), num_classes=3,
+                       scale_shift=scale_shift).eval()
+    x, t = torch.randn(2, 1, 8, 8), torch.tensor([10, 10])
+    with torch.no_grad():
+        change = (m(x, t, torch.tensor([0, 0])) - m(x, t, torch.tensor([2, 2]))).abs().max().item()
+    if scale_shift:
+        assert change > 1e-2
+    else:
+        assert change < 1e-4

@@ -30,6 +30,7 @@ class DiffusionModel(nn.Module):
         num_train_timesteps: int = 1000,
         beta_schedule: str = "squaredcos_cap_v2",
         prediction_type: str = "epsilon",
+        scale_shift: bool = False,
     ):
         super().__init__()
         widths, attention = tuple(widths), tuple(attention)
@@ -50,6 +51,9 @@ class DiffusionModel(nn.Module):
             attention_head_dim=min(32, widths[-1]),
             # one extra class: the "unconditional" token for classifier-free guidance
             num_class_embeds=num_classes + 1 if num_classes else None,
+            # "default" adds the time/class embedding before GroupNorm, which removes it wherever a group
+            # holds one channel (width 16 under 16 groups); scale_shift applies it after the norm (FiLM)
+            resnet_time_scale_shift="scale_shift" if scale_shift else "default",
         )
         self.scheduler_config = dict(
             num_train_timesteps=num_train_timesteps,
@@ -127,6 +131,7 @@ class DiffusionModel(nn.Module):
 def diffusion(channels: int = 1, image_size: int = 32, widths: tuple[int, ...] = (32, 64, 64),
               layers_per_block: int = 1, attention: tuple[bool, ...] = (False, False, True),
               num_classes: int = 0, num_train_timesteps: int = 1000,
-              beta_schedule: str = "squaredcos_cap_v2", prediction_type: str = "epsilon") -> DiffusionModel:
+              beta_schedule: str = "squaredcos_cap_v2", prediction_type: str = "epsilon",
+              scale_shift: bool = False) -> DiffusionModel:
     return DiffusionModel(channels, image_size, widths, layers_per_block, attention, num_classes,
-                          num_train_timesteps, beta_schedule, prediction_type)
+                          num_train_timesteps, beta_schedule, prediction_type, scale_shift)
