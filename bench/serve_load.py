@@ -113,7 +113,8 @@ class Server:
     def __init__(self, model: str, port: int, keys: Path, db: Path, batch: int, wait_ms: float, threads: int,
                  wait_fraction: float):
         cmd = [sys.executable, "-m", "genforge.cli", "serve", model, "--port", str(port),
-               "--max-batch-size", str(batch), "--max-wait-ms", str(wait_ms), "--wait-fraction", str(wait_fraction), "--queue-size", "4096",
+               "--max-batch-size", str(batch), "--max-wait-ms", str(wait_ms), "--wait-fraction", str(wait_fraction),
+               "--queue-size", "4096",
                "--rate-limit", "0", "--keys", str(keys), "--jobs-url", f"sqlite:///{db}",
                "--threads", str(threads), "--log-level", "warning"]
         self.url = f"http://127.0.0.1:{port}"
@@ -389,7 +390,8 @@ def main() -> None:
         _, admin = store.create("bench-metrics", "admin")
         body = {"n": args.n, "steps": args.steps, "sampler": args.sampler}
         meta = {"model": args.model or "random dcgan z100 w64 32x32", "request": body,
-                "max_wait_ms": args.max_wait_ms, "wait_fraction": args.wait_fraction, "client": args.client, "cpu_count": os.cpu_count()}
+                "max_wait_ms": args.max_wait_ms, "wait_fraction": args.wait_fraction, "client": args.client,
+                "cpu_count": os.cpu_count()}
         if args.soak:
             server = Server(model, _free_port(), root / "keys.json", root / "jobs-soak.db", args.soak_batch_size,
                             args.max_wait_ms, args.threads, args.wait_fraction)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 
 import pytest
-from serve_helpers import CLASSES, expected_pngs, keys, one_thread, png_size, runs, settings  # noqa: F401
+from serve_helpers import expected_pngs, keys, one_thread, png_size, runs, settings  # noqa: F401
 
 openai = pytest.importorskip("openai")
 from fastapi.testclient import TestClient  # noqa: E402

@@ -267,8 +267,7 @@ class ClassifierFeatures:
 
     def predict(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
         """The classifier's top-1 class index of each uint8 image (same preprocessing as features)."""
-        out = self._run(images, self.model, 1, batch_size)
-        return out.argmax(1) if out.numel() else torch.zeros(0, dtype=torch.long)
+        return self._run(images, self.model, 1, batch_size).argmax(1)
 
     def _run(self, images: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor], empty_dim: int,
              batch_size: int) -> torch.Tensor:

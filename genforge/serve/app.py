@@ -42,6 +42,9 @@ from .schemas import (ClassifyResponse, ImageGenerationRequest, ImagesResponse, 
 from .settings import Settings
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
+# the OpenAI error ``type`` of a status; anything else is an invalid_request_error
+_ERROR_KIND = {401: "authentication_error", 403: "permission_error", 404: "not_found_error",
+               503: "server_overloaded"}
 _bearer = HTTPBearer(auto_error=False, description="An API key from `genforge keys create`.")
 _CSP = ("default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
         "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
@@ -184,8 +187,7 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     # -- errors ------------------------------------------------------------------------------------
     @app.exception_handler(_ApiError)
     async def _api_error(request: Request, e: _ApiError):
-        kind = {401: "authentication_error", 403: "permission_error", 404: "not_found_error",
-                503: "server_overloaded"}.get(e.status, "invalid_request_error")
+        kind = _ERROR_KIND.get(e.status, "invalid_request_error")
         return JSONResponse(error_body(e.message, e.code, kind, e.param), e.status, headers=e.headers)
 
     @app.exception_handler(ModelNotFound)
@@ -220,11 +222,11 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
 
     @app.exception_handler(HTTPException)
     async def _http_error(request: Request, e: HTTPException):
-        message, kind = str(e.detail), "invalid_request_error"
+        message, kind = str(e.detail), _ERROR_KIND.get(e.status_code, "invalid_request_error")
         path = request.url.path if len(request.url.path) <= 100 else request.url.path[:97] + "..."
         if e.status_code == 404 and e.detail == "Not Found":  # the router's own: no such route
-            message, kind = (f"no route {request.method} {path}; the routes are listed at /docs "
-                             "(OpenAPI schema at /openapi.json)"), "not_found_error"
+            message = (f"no route {request.method} {path}; the routes are listed at /docs "
+                       "(OpenAPI schema at /openapi.json)")
         elif e.status_code == 405 and e.detail == "Method Not Allowed":
             message = f"{path} does not take {request.method}; see /docs for its methods"
         return JSONResponse(error_body(message, f"http_{e.status_code}", kind), e.status_code,
