@@ -140,15 +140,12 @@ def export(
 def info(run_dir: str = typer.Argument(..., help="Run directory or shipped model name.")):
     """Summarise a run: task, model, parameters, progress, last metrics."""
     from .pipelines import load_model, resolve_run_dir
-    from .train.checkpoint import latest_state
+    from .train.checkpoint import latest_state, read_metrics
     from .device import pick_device
 
     path = resolve_run_dir(run_dir)
     cfg, model = load_model(path, pick_device("cpu"))
-    metrics = []
-    mpath = path / "metrics.jsonl"
-    if mpath.is_file():
-        metrics = [json.loads(x) for x in mpath.read_text().splitlines() if x.strip()]
+    metrics, _ = read_metrics(path / "metrics.jsonl")
     state = latest_state(path)
     _echo_json({
         "run_dir": str(path), "task": cfg.task, "model": cfg.model.name,

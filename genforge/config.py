@@ -54,6 +54,8 @@ class TrainConfig(_Strict):
     sample_every: int = Field(0, ge=0)  # 0: only at the end
     ckpt_every: int = Field(500, ge=1)
     keep_last: int = Field(2, ge=1)
+    # consecutive steps with a NaN/inf loss or gradient (each skipped) before the run stops as diverged
+    max_nonfinite_steps: int = Field(5, ge=1)
     tensorboard: bool = True
 
 
@@ -151,4 +153,5 @@ def config_from_json(path: Path) -> RunConfig:
     except json.JSONDecodeError as e:
         raise GenforgeError(f"{path} is not valid JSON ({e.msg}); the run directory is damaged") from None
     raw.pop("genforge_version", None)
+    raw.pop("resume_history", None)  # what each --resume changed; the fields above are the effective config
     return validate_config(raw)

@@ -8,21 +8,24 @@ Layout of a run directory::
     train_state/step_000500/{model,ema,optim}.safetensors + state.json
     train_state/latest     name of the newest complete resume point
 
-Every file is written to a temporary name and renamed into place, and a resume point becomes
-visible only when its directory is renamed, so a kill at any moment leaves either the old or the new
-checkpoint, never half of one.
+Every file is written to a temporary name, fsynced, and renamed into place (then the directory is
+fsynced), and a resume point becomes visible only when its directory is renamed, so a kill or a power
+cut at any moment leaves either the old or the new checkpoint, never half of one. A failed write (a
+full disk) removes its temporary files and raises a GenforgeError that names the space it needed.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from ..errors import GenforgeError
 
@@ -50,28 +53,89 @@ def check_writable(path: Path, hint: str = "") -> None:
         raise GenforgeError(f"cannot write to {path}: {probe} is not a writable directory{hint}")
 
 
+def _open_tmp(path: Path):
+    """The temporary file a write goes to (one place, so tests can make a disk fill up)."""
+    return open(path, "wb")
+
+
+def _write_failed(path: Path, err: OSError, needed: int) -> GenforgeError:
+    free = shutil.disk_usage(path.parent).free if path.parent.exists() else 0
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return GenforgeError(
+            f"no space left to write {path.name} in {path.parent}: it needs about {needed / 2**20:.1f} MB "
+            f"and {free / 2**20:.1f} MB are free; free some space and run again (a training run continues "
+            f"with --resume; train.keep_last=1 keeps fewer checkpoints)")
+    return GenforgeError(f"cannot write {path}: {err.strerror or err}; fix the directory, then --resume")
+
+
+def _write_raw(path: Path, data: bytes) -> None:
+    """Write, fsync, rename, fsync the directory; on failure the temporary file is removed and the
+    OSError propagates."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with _open_tmp(tmp) as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    try:
+        _write_raw(path, data)
+    except OSError as e:
+        raise _write_failed(path, e, len(data)) from None
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
 
 
+def _serialise(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> bytes:
+    # safetensors refuses shared storage and non-contiguous tensors; clone makes each one standalone.
+    # Serialising to bytes lets the one atomic writer fsync and clean up for every file.
+    return save({k: v.detach().contiguous().clone().cpu() for k, v in tensors.items()}, metadata=metadata)
+
+
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None):
+    atomic_write_bytes(Path(path), _serialise(tensors, metadata))
+
+
+def all_finite(tensors: dict[str, torch.Tensor]) -> list[str]:
+    """Names of floating-point tensors holding NaN or inf (empty when all are finite)."""
+    return [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+
+
+def read_metrics(path: Path, warn: bool = True) -> tuple[list[dict], int]:
+    """The records of a metrics.jsonl, skipping lines a crash or a full disk left torn.
+
+    Returns (records, number of unreadable lines); a warning names the file when any were skipped.
+    """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    # safetensors refuses shared storage and non-contiguous tensors; clone makes each one standalone
-    save_file({k: v.detach().contiguous().clone().cpu() for k, v in tensors.items()}, str(tmp),
-              metadata=metadata)
-    os.replace(tmp, path)
+    if not path.is_file():
+        return [], 0
+    rows, bad = [], 0
+    for line in path.read_text(errors="replace").splitlines():
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            bad += 1
+            continue
+        if isinstance(rec, dict):
+            rows.append(rec)
+        else:
+            bad += 1
+    if bad and warn:
+        print(f"warning: skipped {bad} unreadable line(s) of {path} (torn by a crash or a full disk)",
+              file=sys.stderr)
+    return rows, bad
 
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -145,19 +209,38 @@ def latest_state(run_dir: Path) -> Path | None:
     return done[-1] if done else None
 
 
+def state_step(state_dir: Path) -> int:
+    return int(json.loads((Path(state_dir) / "state.json").read_text())["step"])
+
+
 def write_state(run_dir: Path, step: int, files: dict[str, dict[str, torch.Tensor]], info: dict,
                 keep_last: int) -> Path:
     root = Path(run_dir) / STATE_DIR
+    newest = latest_state(run_dir)
+    if newest is not None and state_step(newest) > step:
+        # weights of a later step must never be filed under an earlier one
+        raise GenforgeError(f"refusing to write a checkpoint for step {step}: {newest} is newer")
+    bad = [f"{fname}:{k}" for fname, tensors in files.items() for k in all_finite(tensors)]
+    if bad:
+        raise GenforgeError(f"refusing to checkpoint step {step}: {bad[0]} (and {len(bad) - 1} more) hold "
+                            "NaN or inf")
     root.mkdir(parents=True, exist_ok=True)
     name = f"step_{step:08d}"
     final, tmp = root / name, root / f".{name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    for fname, tensors in files.items():
-        save_tensors(tmp / f"{fname}.safetensors", tensors)
-    atomic_write_json(tmp / "state.json", info)
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
+    blobs = {f"{fname}.safetensors": _serialise(tensors) for fname, tensors in files.items()}
+    blobs["state.json"] = (json.dumps(info, indent=2) + "\n").encode()
+    try:
+        tmp.mkdir()
+        for fname, data in blobs.items():
+            _write_raw(tmp / fname, data)
+        _fsync_dir(tmp)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise _write_failed(final, e, sum(map(len, blobs.values()))) from None
+    _fsync_dir(root)
     atomic_write_bytes(root / "latest", name.encode())
     for old in sorted(p for p in root.glob("step_*") if p.is_dir())[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)

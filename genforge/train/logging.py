@@ -2,12 +2,17 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from ..errors import GenforgeError
+from .checkpoint import atomic_write_bytes, read_metrics
 
 
 class Logger:
@@ -34,30 +39,46 @@ class Logger:
             self.progress.start()
 
     def truncate_after(self, step: int) -> None:
-        """On resume, drop log lines past the checkpoint: those steps are about to be replayed."""
+        """On resume, drop log lines past the checkpoint (those steps are about to be replayed) and
+        lines a crash left torn."""
         if not self.enabled or not self.metrics_path.is_file():
             return
-        keep = [ln for ln in self.metrics_path.read_text().splitlines()
-                if ln.strip() and json.loads(ln).get("step", 0) <= step]
-        self.metrics_path.write_text("".join(ln + "\n" for ln in keep))
+        rows, _ = read_metrics(self.metrics_path)
+        keep = [r for r in rows if r.get("step", 0) <= step]
+        atomic_write_bytes(self.metrics_path, "".join(json.dumps(r) + "\n" for r in keep).encode())
+
+    def warn(self, message: str) -> None:
+        if not self.enabled:
+            return
+        if self.progress is not None:
+            self.progress.console.print(f"[yellow]warning:[/] {message}", highlight=False)
+        else:
+            print(f"warning: {message}", file=sys.stderr, flush=True)
 
     def log(self, step: int, values: dict[str, float], images: int | None = None) -> None:
         if not self.enabled:
             return
         now = time.time()
+        # NaN is not JSON: a diverged value is logged as null, so the file stays readable everywhere
+        values = {k: (v if math.isfinite(v) else None) for k, v in values.items()}
         rec = {"step": step, "time": round(now - self._t0, 3), **values}
         if images and step > self._last_step:
             rate = (step - self._last_step) / max(now - self._last_t, 1e-9)
             rec["it_per_s"] = round(rate, 3)
             rec["img_per_s"] = round(rate * images, 2)
             self._last_t, self._last_step = now, step
-        with open(self.metrics_path, "a") as f:
-            f.write(json.dumps(rec) + "\n")
+        try:
+            with open(self.metrics_path, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+        except OSError as e:
+            raise GenforgeError(f"cannot append to {self.metrics_path}: {e.strerror or e}; free space or fix "
+                                "the directory, then continue with --resume") from None
         if self.writer is not None:
             for k, v in values.items():
-                self.writer.add_scalar(k, v, step)
+                if v is not None:
+                    self.writer.add_scalar(k, v, step)
         if self.progress is not None:
-            info = " ".join(f"{k}={v:.4g}" for k, v in list(values.items())[:3])
+            info = " ".join(f"{k}={v:.4g}" if v is not None else f"{k}=nan" for k, v in list(values.items())[:3])
             self.progress.update(self.bar, info=info, rate=rec.get("it_per_s", 0.0))
 
     def advance(self, step: int) -> None:

@@ -8,6 +8,7 @@ uninterrupted one, and with the optimizer, EMA and BatchNorm states restored its
 from __future__ import annotations
 
 import copy
+import io
 import json
 import math
 import os
@@ -100,6 +101,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=t.amp and self.device.type == "cuda")
         self._stop_signal: int | None = None
         self._perm: tuple[int, torch.Tensor | None] = (-1, None)
+        self._step_ok = True  # cleared by optimize() when a loss or gradient is not finite
 
     # ---- set-up -------------------------------------------------------------------------------
     def _init_distributed(self, cfg: RunConfig) -> torch.device:
@@ -143,13 +145,30 @@ class Trainer:
         return batch
 
     def optimize(self, name: str, loss: torch.Tensor) -> None:
+        """Backward and step, unless the loss or the gradient is NaN/inf: then the update is skipped
+        (the weights stay finite) and fit() counts the step."""
         opt, net = self.opts[name], self.task.nets[name]
         opt.zero_grad(set_to_none=True)
         with torch.autocast(self.device.type, enabled=False):
             self.scaler.scale(loss).backward()
-        if self.cfg.train.grad_clip > 0:
+        scaling = self.scaler.is_enabled()
+        if scaling:
             self.scaler.unscale_(opt)
-            nn.utils.clip_grad_norm_(net.parameters(), self.cfg.train.grad_clip)
+        params = [p for p in net.parameters() if p.grad is not None]
+        if self.cfg.train.grad_clip > 0:
+            norm = nn.utils.clip_grad_norm_(params, self.cfg.train.grad_clip)
+        else:
+            norm = nn.utils.get_total_norm([p.grad for p in params])
+        # one host sync per update; GradScaler makes the same one for its own inf check
+        finite_loss, finite_grad = torch.stack([torch.isfinite(loss.detach()).all(),
+                                                torch.isfinite(norm)]).tolist()
+        if not finite_loss or (not finite_grad and not scaling):
+            opt.zero_grad(set_to_none=True)
+            self._step_ok = False
+            if scaling:
+                self.scaler.update()  # forget this step's unscale so the next one starts clean
+            return
+        # with fp16 loss scaling an overflowing gradient is routine: the scaler skips it and lowers its scale
         self.scaler.step(opt)
         self.scaler.update()
 
@@ -190,11 +209,23 @@ class Trainer:
             self.scaler.load_state_dict(info["scaler"])
         return int(info["step"])
 
-    def write_config(self) -> None:
+    def write_config(self, resumed_at: int | None = None) -> None:
+        """config.json always holds the effective config; a resume appends what it changed (with the
+        step it resumed from) to ``resume_history``, so the run's whole history stays readable."""
         if self.rank != 0:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        data = {"genforge_version": __version__, **self.cfg.model_dump(mode="json")}
+        data: dict[str, Any] = {"genforge_version": __version__, **self.cfg.model_dump(mode="json")}
+        if resumed_at is not None:
+            old = json.loads((self.run_dir / "config.json").read_text())
+            history = old.pop("resume_history", [])
+            old.pop("genforge_version", None)
+            before, after = _flatten(old), _flatten(self.cfg.model_dump(mode="json"))
+            changed = {k: {"from": before.get(k), "to": after.get(k)}
+                       for k in sorted(set(before) | set(after)) if before.get(k) != after.get(k)}
+            history.append({"step": resumed_at, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                            "genforge_version": __version__, "changed": changed})
+            data["resume_history"] = history
         ckpt.atomic_write_json(self.run_dir / "config.json", data)
 
     # ---- the loop -----------------------------------------------------------------------------
@@ -209,13 +240,37 @@ class Trainer:
             return
         grid = make_grid(to_uint8(images.cpu()))
         (self.run_dir / "samples").mkdir(exist_ok=True)
-        grid.save(self.run_dir / "samples" / f"step_{step:08d}.png")
+        buf = io.BytesIO()
+        grid.save(buf, format="PNG")
+        ckpt.atomic_write_bytes(self.run_dir / "samples" / f"step_{step:08d}.png", buf.getvalue())
         logger.image("samples", grid, step)
+
+    def _result(self, status: str, step: int, metrics: dict) -> dict[str, Any]:
+        rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+        return {"status": status, "step": step, "peak_rss_mb": round(rss_mb, 1),
+                "signal": self._stop_signal, "run_dir": str(self.run_dir), "metrics": metrics}
+
+    def _diverged(self, step: int, first: int, run: int) -> GenforgeError:
+        t = self.cfg.train
+        last = ckpt.latest_state(self.run_dir)
+        where = f"--resume continues from {last.name}" if last is not None else "no checkpoint was written"
+        fix = f"lower train.lr (now {t.lr:g})" + ("" if t.grad_clip else " or set train.grad_clip=1.0")
+        return GenforgeError(
+            f"training diverged: the loss or its gradient was NaN/inf at steps {first}-{step} ({run} in a "
+            f"row, each skipped); {fix}. Nothing non-finite was saved: {where}, e.g. "
+            f"genforge train --resume {self.run_dir} train.lr={t.lr / 4:g}")
 
     def fit(self) -> dict[str, Any]:
         t = self.cfg.train
         if self.resume:
             start = self.load_state()
+            if start > t.steps:
+                raise GenforgeError(
+                    f"train.steps={t.steps} is below this run's current step {start}; a resumed run can only "
+                    f"go on: pass train.steps={start} or more")
+            if start == t.steps:  # already finished: touch nothing (no checkpoint is rewritten)
+                return self._result("completed", start, {})
+            self.write_config(resumed_at=start)
         else:
             start = 0
             self.write_config()
@@ -226,6 +281,7 @@ class Trainer:
         logger.truncate_after(start)
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         status, done, last = "completed", start, {}
+        bad_run, bad_first, bad_total = 0, 0, 0
         self.model.train()
         try:
             for step in range(start, t.steps):
@@ -236,18 +292,31 @@ class Trainer:
                     for group in opt.param_groups:
                         group["lr"] = lr_at(self.cfg, step)
                 batch = self.batch(step)
+                self._step_ok = True
                 with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=t.amp):
                     out = self.task.step(batch, self.optimize)
+                done = step + 1
+                if not self._step_ok:
+                    bad_run, bad_total = bad_run + 1, bad_total + 1
+                    bad_first = bad_first if bad_run > 1 else done
+                    if bad_total == 1:
+                        logger.warn(f"step {done}: the loss or a gradient is NaN/inf; the update was skipped")
+                    if bad_run >= t.max_nonfinite_steps:
+                        raise self._diverged(done, bad_first, bad_run)
+                else:
+                    bad_run = 0
                 if self.ema is not None:
                     self.ema.update(self.model, step)
-                done = step + 1
                 if done % t.log_every == 0 or done == t.steps:
                     last = {k: float(v) for k, v in out.items()}
+                    if bad_total:
+                        last["nonfinite_steps"] = float(bad_total)
                     logger.log(done, last, images=t.batch_size * self.world)
                 logger.advance(done)
                 if t.sample_every and done % t.sample_every == 0 and done != t.steps:
                     self.save_samples(logger, done)
-                if done % t.ckpt_every == 0 and done != t.steps:
+                # no resume point inside a run of skipped steps: the last one stays before the trouble
+                if done % t.ckpt_every == 0 and done != t.steps and bad_run == 0:
                     self.save(done)
                 if self._stop_signal is not None:
                     self.save(done)
@@ -267,6 +336,14 @@ class Trainer:
             logger.close()
             if self.world > 1 and dist.is_initialized():
                 dist.barrier()
-        rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-        return {"status": status, "step": done, "peak_rss_mb": round(rss_mb, 1),
-                "signal": self._stop_signal, "run_dir": str(self.run_dir), "metrics": last}
+        return self._result(status, done, last)
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
