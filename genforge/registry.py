@@ -41,7 +41,11 @@ class Registry:
         """Construct ``name`` with ``kwargs``; unknown keyword arguments are a one-line error."""
         fn = self.get(name)
         check_kwargs(fn, kwargs, f"{self.kind} {name!r}")
-        return fn(**kwargs)
+        try:
+            return fn(**kwargs)
+        except (ValueError, TypeError) as e:  # a constructor's own check of its arguments' values
+            shown = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+            raise GenforgeError(f"{self.kind} {name!r} rejects its options ({shown}): {e}") from None
 
 
 def check_kwargs(fn: Callable[..., Any], kwargs: dict[str, Any], what: str) -> None:

@@ -45,3 +45,12 @@ def test_unknown_names_list_choices():
         build_model("dcgann")
     with pytest.raises(GenforgeError, match="has no option 'widht'.*width"):
         build_model("dcgan", widht=3)
+
+
+def test_model_option_values_a_constructor_rejects_are_a_one_line_cli_error(cli, tmp_path):
+    # widths has two levels but attention keeps the default's count: the UNet's own check says so
+    code, out, err = cli("train", "task=diffusion", "model.name=diffusion", "model.params.widths=[16,32]",
+                         "data.name=digits", "data.image_size=16", "data.limit=64", "train.steps=1",
+                         "--out", tmp_path / "run")
+    assert code == 2 and err.count("\n") == 1
+    assert "model 'diffusion'" in err and "widths" in err and "one entry per resolution level" in err
