@@ -1,8 +1,10 @@
 """Tasks: what one training step does and what it reports. The trainer knows only this protocol.
 
 A task owns ``model`` (everything saved in model.safetensors) and ``nets`` (name -> module, one
-optimizer each; the trainer may wrap them for DDP). ``step(batch, optimize)`` computes losses and
-calls ``optimize(name, loss)`` once per optimizer it updates, returning detached scalars to log.
+optimizer each; the trainer may wrap them for DDP). ``collate(data, idx, generator)`` turns the
+examples the trainer picked into a batch (the task decides what a batch is: images, padded tokens,
+audio crops); ``step(batch, optimize)`` computes losses and calls ``optimize(name, loss)`` once per
+optimizer it updates, returning detached scalars to log.
 """
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ import torch
 from torch import nn
 
 from ..config import RunConfig
-from ..data import ImageSet
+from ..data import Examples
+from ..data.transforms import random_flip, to_float
 from ..errors import GenforgeError
 from ..models import build_model
 from ..registry import MODELS, TASKS, check_kwargs
@@ -25,7 +28,7 @@ class Task:
     #: which model names this task trains; used for a clear error on a mismatch
     models: tuple[str, ...] = ()
 
-    def __init__(self, cfg: RunConfig, data: ImageSet | None = None):
+    def __init__(self, cfg: RunConfig, data: Examples | None = None):
         self.cfg = cfg
         if cfg.model.name not in self.models:
             raise GenforgeError(
@@ -33,6 +36,24 @@ class Task:
             )
         self.model: nn.Module = build_model(cfg.model.name, **cfg.model.params)
         self.nets: dict[str, nn.Module] = {"model": self.model}
+
+    #: the example fields the task trains on; a dataset without one of them is refused up front
+    needs: tuple[str, ...] = ("image",)
+
+    def collate(self, data: Examples, idx: torch.Tensor, generator: torch.Generator) -> dict[str, Any]:
+        """A batch of the examples ``idx`` on the CPU (the trainer moves tensors to the device).
+
+        The image tasks' batch: float images in [-1, 1], flipped at random when data.flip is set
+        (``generator`` is seeded per step, so a resumed run replays the same flips), and labels
+        when the dataset has them.
+        """
+        images = to_float(data.column("image")[idx])
+        if self.cfg.data.flip:
+            images = random_flip(images, generator)
+        batch: dict[str, Any] = {"image": images}
+        if data.has("label"):
+            batch["label"] = data.column("label")[idx]
+        return batch
 
     def step(self, batch: dict[str, torch.Tensor], optimize: Optimize) -> dict[str, torch.Tensor]:
         raise NotImplementedError
@@ -46,15 +67,18 @@ class Task:
         return {}
 
 
-def resolve_model_params(cfg: RunConfig, data: ImageSet) -> RunConfig:
+def resolve_model_params(cfg: RunConfig, data: Examples) -> RunConfig:
     """Fill the model's shape arguments from the dataset so config.json alone rebuilds the model."""
     from ..models import cnn, diffusion, gan  # noqa: F401  (register the models)
 
     fn = MODELS.get(cfg.model.name)
     check_kwargs(fn, cfg.model.params, f"model {cfg.model.name!r}")
     accepted = inspect.signature(fn).parameters
-    known: dict[str, Any] = {"channels": data.channels, "in_channels": data.channels,
-                             "image_size": data.image_size}
+    known: dict[str, Any] = {}
+    if data.has("image"):
+        images = data.column("image")
+        known = {"channels": int(images.shape[1]), "in_channels": int(images.shape[1]),
+                 "image_size": int(images.shape[-1])}
     if data.num_classes:
         known["num_classes"] = data.num_classes
     # unconditional models keep num_classes=0 unless the config asks for conditioning
@@ -63,7 +87,7 @@ def resolve_model_params(cfg: RunConfig, data: ImageSet) -> RunConfig:
               if k in accepted and (k != "num_classes" or wants_classes)}
     params.update(cfg.model.params)
     for key in ("channels", "in_channels", "image_size"):
-        if key in params and params[key] != known[key]:
+        if key in params and key in known and params[key] != known[key]:
             fix = "data.channels" if "channels" in key else "data.image_size"
             raise GenforgeError(
                 f"model.params.{key}={params[key]} but the dataset gives {known[key]}; set {fix} instead"
@@ -77,9 +101,13 @@ def resolve_model_params(cfg: RunConfig, data: ImageSet) -> RunConfig:
     return cfg.model_copy(update={"model": model, "class_names": data.class_names})
 
 
-def build_task(cfg: RunConfig, data: ImageSet | None = None) -> Task:
+def build_task(cfg: RunConfig, data: Examples | None = None) -> Task:
     from . import classify, diffusion, gan  # noqa: F401  (register the tasks)
 
     cls = TASKS.get(cfg.task)
     check_kwargs(cls.__init__, {"cfg": cfg, "data": data, **cfg.task_params}, f"task {cfg.task!r}")
+    missing = [f for f in cls.needs if data is not None and not data.has(f)]
+    if missing:
+        raise GenforgeError(f"task {cfg.task!r} trains on {', '.join(cls.needs)} but dataset "
+                            f"{cfg.data.name!r} has no {missing[0]!r} field (it has: {', '.join(data.fields)})")
     return cls(cfg, data, **cfg.task_params)

@@ -26,6 +26,7 @@ def accuracy(model, images_uint8: torch.Tensor, labels: torch.Tensor, batch_size
 @register_task("classify")
 class ClassifyTask(Task):
     models = ("cnn",)
+    needs = ("image", "label")
 
     def __init__(self, cfg, data=None, label_smoothing: float = 0.0):
         super().__init__(cfg, data)

@@ -26,8 +26,8 @@ from torch import nn
 
 from .. import __version__
 from ..config import RunConfig
-from ..data import ImageSet, load_dataset
-from ..data.transforms import make_grid, random_flip, to_float, to_uint8
+from ..data import Examples, load_dataset
+from ..data.transforms import make_grid, to_uint8
 from ..device import pick_device
 from ..errors import GenforgeError
 from ..tasks import build_task, resolve_model_params
@@ -76,7 +76,7 @@ class Trainer:
         if self.world > 1:
             self.device = self._init_distributed(cfg)
         self._check_run_dir()
-        self.data: ImageSet = load_dataset(cfg.data)
+        self.data: Examples = load_dataset(cfg.data)
         if len(self.data) < cfg.train.batch_size * self.world:
             raise GenforgeError(
                 f"dataset {cfg.data.name!r} has {len(self.data)} items, fewer than one batch of "
@@ -126,7 +126,8 @@ class Trainer:
         ckpt.check_writable(self.run_dir, hint="; choose a writable --out directory")
 
     # ---- pieces of a step ---------------------------------------------------------------------
-    def batch(self, step: int) -> dict[str, torch.Tensor]:
+    def batch(self, step: int) -> dict[str, Any]:
+        """This rank's examples of ``step``, collated by the task and moved to the device."""
         t = self.cfg.train
         per_epoch = len(self.data) // (t.batch_size * self.world)
         epoch, i = divmod(step, per_epoch)
@@ -136,13 +137,9 @@ class Trainer:
         perm = self._perm[1]
         start = (i * self.world + self.rank) * t.batch_size
         idx = perm[start:start + t.batch_size]
-        images = to_float(self.data.images[idx])
-        if self.cfg.data.flip:
-            images = random_flip(images, torch.Generator().manual_seed(_step_seed(t.seed, step, self.rank)))
-        batch = {"image": images.to(self.device, non_blocking=True)}
-        if self.data.labels is not None:
-            batch["label"] = self.data.labels[idx].to(self.device, non_blocking=True)
-        return batch
+        gen = torch.Generator().manual_seed(_step_seed(t.seed, step, self.rank))
+        batch = self.task.collate(self.data, idx, gen)
+        return {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
     def optimize(self, name: str, loss: torch.Tensor) -> None:
         """Backward and step, unless the loss or the gradient is NaN/inf: then the update is skipped
