@@ -35,6 +35,8 @@ def train(
                                      "recipe name, then dotted overrides such as train.lr=1e-4"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory to create."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON (alone on stdout; progress "
+                                 "and warnings always go to stderr)."),
 ):
     """Train a model; the same command runs under torchrun --nproc_per_node=N."""
     from .config import config_from_json, load_config, validate_config
@@ -57,9 +59,18 @@ def train(
         run_dir = out or Path("runs") / f"{cfg.task}-{cfg.model.name}-{cfg.data.name}"
     result = Trainer(cfg, run_dir, resume=resume is not None).fit()
     if int(os.environ.get("RANK", "0")) == 0:
-        _echo_json(result)
+        _echo_json(result) if as_json else typer.echo(_train_summary(result, cfg.train.steps))
     if result["status"] == "interrupted":
         raise typer.Exit(128 + int(result["signal"] or 2))
+
+
+def _train_summary(result: dict, steps: int) -> str:
+    metrics = " ".join(f"{k}={v:.4g}" for k, v in result["metrics"].items() if isinstance(v, (int, float)))
+    where = result["run_dir"]
+    if result["status"] == "interrupted":
+        return (f"interrupted at step {result['step']}/{steps}; a checkpoint was saved: continue with "
+                f"genforge train --resume {where}")
+    return f"completed {result['step']}/{steps} steps in {where}" + (f"; {metrics}" if metrics else "")
 
 
 @app.command()
@@ -348,11 +359,28 @@ def keys_revoke(key_id: str = typer.Argument(..., help="The key id (see `genforg
     typer.echo(f"revoked key {rec.id} ({rec.name})")
 
 
+def _plain_warnings() -> None:
+    """genforge's own warnings as one line each ("warning: ..."), not Python's file:line + source dump."""
+    import warnings
+
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, UserWarning) and "genforge" in str(filename):
+            typer.echo(f"warning: {message}", err=True)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+
+
 def main() -> None:
     from .tuning import tune_malloc
 
     tune_malloc()
     debug = "--debug" in sys.argv
+    if not debug:
+        _plain_warnings()
     try:
         code = app(standalone_mode=False)  # click returns (not raises) Exit codes in this mode
         if isinstance(code, int) and code:

@@ -92,7 +92,7 @@ def test_sigkill_mid_epoch_then_resume_is_exact(tmp_path):
 def test_sigterm_saves_a_checkpoint(tmp_path):
     args = TINY_GAN + ["train.steps=100000", "train.ckpt_every=100000"]
     run = tmp_path / "run"
-    proc = _spawn(["train", *args, "--out", str(run)], tmp_path)
+    proc = _spawn(["train", *args, "--out", str(run), "--json"], tmp_path)
     t0 = time.time()
     while not (run / "metrics.jsonl").exists() or len((run / "metrics.jsonl").read_text().splitlines()) < 3:
         assert proc.poll() is None, proc.communicate()

@@ -62,7 +62,7 @@ def test_resume_with_more_steps_is_recorded_and_a_later_plain_resume_finishes(tm
     assert conf["resume_history"][-1]["changed"] == {"train.steps": {"from": 6, "to": 12}}
     # a plain --resume goes on to 12 from 9: it neither stops at the first run's 6 nor rewrites step 6
     before6 = load_file(run / "train_state" / "step_00000006" / "model.safetensors")
-    code, out, err = cli("train", "--resume", run)
+    code, out, err = cli("train", "--resume", run, "--json")
     assert code == 0, err
     res = json.loads(out)
     assert res["status"] == "completed" and res["step"] == 12
@@ -83,7 +83,7 @@ def test_resume_below_the_current_step_is_refused_and_changes_nothing(tmp_path, 
     assert err.count("\n") == 1 and "train.steps=2" in err and "current step 4" in err
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == snapshot
     # resuming a finished run without more steps rewrites nothing either
-    code, out, err = cli("train", "--resume", run)
+    code, out, err = cli("train", "--resume", run, "--json")
     assert code == 0 and json.loads(out)["step"] == 4
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == snapshot
     _assert_consistent(run)
@@ -106,7 +106,7 @@ def test_torn_metrics_line_is_skipped_by_info_and_trimmed_by_resume(tmp_path, cl
     assert code == 0, err
     assert json.loads(out)["last_metrics"]["step"] == 4
     assert "unreadable" in err and "metrics.jsonl" in err
-    code, out, err = cli("train", "--resume", run, "train.steps=6")
+    code, out, err = cli("train", "--resume", run, "train.steps=6", "--json")
     assert code == 0, err
     lines = (run / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["step"] for x in lines] == [1, 2, 3, 4, 5, 6]
@@ -148,7 +148,7 @@ def test_disk_full_while_checkpointing_is_one_line_and_leaves_no_temp_files(tmp_
     assert (run / "train_state" / "latest").read_text() == "step_00000002"
     _assert_consistent(run)
     monkeypatch.setattr(ckpt, "_open_tmp", real_open)  # space freed: the run goes on
-    code, out, err = cli("train", "--resume", run)
+    code, out, err = cli("train", "--resume", run, "--json")
     assert code == 0 and json.loads(out)["step"] == 6
 
 
@@ -200,7 +200,7 @@ def test_divergence_stops_the_run_without_saving_nan(tmp_path, cli, monkeypatch)
     for p in (run / "train_state").rglob("*.safetensors"):
         assert _finite(p), p
     # the advice works: resume from the last good checkpoint with a lower learning rate
-    code, out, err = cli("train", "--resume", run, "train.lr=5e-5")
+    code, out, err = cli("train", "--resume", run, "train.lr=5e-5", "--json")
     assert code == 0, err
     assert json.loads(out)["step"] == 20 and _finite(run / "model.safetensors")
     _assert_consistent(run)

@@ -58,6 +58,11 @@ class Task:
     def step(self, batch: dict[str, torch.Tensor], optimize: Optimize) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
+    def monitor(self, step: int, values: dict[str, float]) -> str | None:
+        """Look at the logged values of ``step``; a returned sentence is shown to the user as a warning
+        (a training pathology this task can recognise, and its fix)."""
+        return None
+
     @torch.no_grad()
     def sample_images(self, model: nn.Module, n: int = 64, seed: int = 0) -> torch.Tensor | None:
         """Float images in [-1, 1] for the progress grids, or None for tasks without samples."""

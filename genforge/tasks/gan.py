@@ -12,9 +12,30 @@ from . import Task
 class GANTask(Task):
     models = ("dcgan", "sngan", "cgan")
 
-    def __init__(self, cfg, data=None):
+    #: D(fake) below this mean probability means the discriminator tells every fake apart
+    WON_BELOW = 0.02
+
+    def __init__(self, cfg, data=None, won_after: int = 200):
         super().__init__(cfg, data)
         self.nets = {"d": self.model.discriminator, "g": self.model.generator}
+        self.won_after = won_after  # steps of d_fake < WON_BELOW before the user is told
+        self._won_since: int | None = None
+        self._told = False
+
+    def monitor(self, step, values):
+        d_fake = values.get("d_fake")
+        if d_fake is None or d_fake >= self.WON_BELOW:
+            self._won_since = None
+            return None
+        self._won_since = step if self._won_since is None else self._won_since
+        if self._told or step - self._won_since < self.won_after:
+            return None
+        self._told = True
+        return (f"the discriminator has won: it has rated the generator's images fake with certainty "
+                f"(d_fake < {self.WON_BELOW}) since step {self._won_since}, so the generator learns little "
+                "more. A spectral-norm discriminator with hinge loss holds up better (model.name=sngan, or "
+                "the diffusion recipes, which cannot collapse this way); more images, data.flip=true or a "
+                "smaller model.params.d_width also help")
 
     def _labels(self, batch):
         return batch["label"] if self.model.conditional else None

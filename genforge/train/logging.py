@@ -1,4 +1,5 @@
-"""Training output: a rich progress bar (it/s, ETA), metrics.jsonl and TensorBoard scalars/images."""
+"""Training output: progress on stderr (a rich bar on a terminal, periodic plain lines otherwise),
+metrics.jsonl and TensorBoard scalars/images. stdout is left to the command's result."""
 from __future__ import annotations
 
 import json
@@ -9,10 +10,39 @@ import time
 from pathlib import Path
 
 import numpy as np
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from ..errors import GenforgeError
 from .checkpoint import atomic_write_bytes, read_metrics
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class PlainProgress:
+    """Progress for logs and pipes: one line every ``every`` (fraction of the run) or ``period_s``."""
+
+    def __init__(self, label: str, total: int, start: int = 0, every: float = 0.1, period_s: float = 60.0,
+                 stream=None):
+        self.label, self.total, self.stream = label, total, stream or sys.stderr
+        self.every, self.period_s = max(1, int(total * every)), period_s
+        self._t0, self._start = time.time(), start
+        self._last_step, self._last_t = start, time.time()
+
+    def update(self, completed: int, info: str = "", force: bool = False) -> None:
+        now = time.time()
+        due = completed - self._last_step >= self.every or now - self._last_t >= self.period_s
+        if not (force or due or completed >= self.total) or completed == self._last_step:
+            return
+        rate = (completed - self._start) / max(now - self._t0, 1e-9)
+        eta = (self.total - completed) / rate if rate > 0 else 0.0
+        pct = 100.0 * completed / max(1, self.total)
+        print(f"{self.label} {completed}/{self.total} ({pct:.0f}%) {rate:.2f} it/s eta {_clock(eta)} {info}".rstrip(),
+              file=self.stream, flush=True)
+        self._last_step, self._last_t = completed, now
 
 
 class Logger:
@@ -22,21 +52,27 @@ class Logger:
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.writer = None
         self._t0, self._last_t, self._last_step = time.time(), time.time(), start
-        self.progress = None
+        self.progress = self.plain = None
+        self._info = ""
         if not enabled:
             return
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=start or None)
-        if progress and not os.environ.get("GENFORGE_NO_PROGRESS"):
+        if not progress or os.environ.get("GENFORGE_NO_PROGRESS"):
+            return
+        console = Console(stderr=True)
+        if console.is_terminal:
             self.progress = Progress(
                 TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
                 TextColumn("{task.fields[rate]:.1f} it/s"), TextColumn("{task.fields[info]}"),
-                TimeRemainingColumn(), transient=False,
+                TimeRemainingColumn(), transient=False, console=console,
             )
             self.bar = self.progress.add_task("train", total=total, completed=start, rate=0.0, info="")
             self.progress.start()
+        else:
+            self.plain = PlainProgress("train", total, start)
 
     def truncate_after(self, step: int) -> None:
         """On resume, drop log lines past the checkpoint (those steps are about to be replayed) and
@@ -46,6 +82,9 @@ class Logger:
         rows, _ = read_metrics(self.metrics_path)
         keep = [r for r in rows if r.get("step", 0) <= step]
         atomic_write_bytes(self.metrics_path, "".join(json.dumps(r) + "\n" for r in keep).encode())
+        # the run's clock goes on from where the kept log ends instead of restarting at 0
+        last = max((r["time"] for r in keep if isinstance(r.get("time"), (int, float))), default=0.0)
+        self._t0 = time.time() - float(last)
 
     def warn(self, message: str) -> None:
         if not self.enabled:
@@ -77,13 +116,16 @@ class Logger:
             for k, v in values.items():
                 if v is not None:
                     self.writer.add_scalar(k, v, step)
+        info = " ".join(f"{k}={v:.4g}" if v is not None else f"{k}=nan" for k, v in list(values.items())[:3])
+        self._info = info
         if self.progress is not None:
-            info = " ".join(f"{k}={v:.4g}" if v is not None else f"{k}=nan" for k, v in list(values.items())[:3])
             self.progress.update(self.bar, info=info, rate=rec.get("it_per_s", 0.0))
 
     def advance(self, step: int) -> None:
         if self.progress is not None:
             self.progress.update(self.bar, completed=step)
+        elif self.plain is not None:
+            self.plain.update(step, self._info)
 
     def image(self, tag: str, pil_image, step: int) -> None:
         if self.writer is not None:

@@ -309,6 +309,9 @@ class Trainer:
                     if bad_total:
                         last["nonfinite_steps"] = float(bad_total)
                     logger.log(done, last, images=t.batch_size * self.world)
+                    advice = self.task.monitor(done, last)
+                    if advice:
+                        logger.warn(advice)
                 logger.advance(done)
                 if t.sample_every and done % t.sample_every == 0 and done != t.steps:
                     self.save_samples(logger, done)

@@ -1,0 +1,73 @@
+"""What training prints: results alone on stdout, progress and advice on stderr, a clock that goes on."""
+import json
+import os
+import subprocess
+import sys
+
+from conftest import TINY_GAN
+from genforge.config import load_config
+from genforge.tasks import build_task
+from genforge.train.checkpoint import read_metrics
+from genforge.train.trainer import Trainer
+
+
+def test_piped_train_prints_json_on_stdout_and_plain_progress_on_stderr(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "GENFORGE_NO_PROGRESS"}
+    res = subprocess.run([sys.executable, "-m", "genforge.cli", "train", *TINY_GAN, "train.steps=20",
+                          "--out", str(tmp_path / "run"), "--json"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["step"] == 20  # nothing but the result on stdout
+    lines = [x for x in res.stderr.splitlines() if x.startswith("train ")]
+    assert len(lines) >= 5 and lines[-1].startswith("train 20/20 (100%)"), res.stderr
+    assert "\x1b[" not in res.stderr  # no terminal control codes in a log file
+    # without --json a person gets one sentence
+    res = subprocess.run([sys.executable, "-m", "genforge.cli", "train", "--resume", str(tmp_path / "run"),
+                          "train.steps=22"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and res.stdout.startswith("completed 22/22 steps in "), res.stdout
+
+
+def test_resume_continues_the_clock(tmp_path):
+    run = tmp_path / "run"
+    Trainer(load_config(None, TINY_GAN + ["train.steps=6", "train.ckpt_every=3"]), run).fit()
+    rows = read_metrics(run / "metrics.jsonl")[0]
+    rows[-1]["time"] = 1000.0  # as if the first session had run for a long time
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    Trainer(load_config(None, TINY_GAN + ["train.steps=9", "train.ckpt_every=3"]), run, resume=True).fit()
+    times = [r["time"] for r in read_metrics(run / "metrics.jsonl")[0]]
+    assert times[6] >= 1000.0 and times == sorted(times)
+
+
+def test_gan_task_says_when_the_discriminator_has_won():
+    cfg = load_config(None, TINY_GAN + ["task_params.won_after=100"])
+    task = build_task(cfg)
+    assert task.monitor(50, {"d_fake": 0.001}) is None  # not yet for long
+    assert task.monitor(100, {"d_fake": 0.3}) is None  # recovered: the count starts again
+    assert task.monitor(200, {"d_fake": 0.001}) is None
+    msg = task.monitor(300, {"d_fake": 0.005})
+    assert msg and "discriminator has won" in msg and "since step 200" in msg and "sngan" in msg
+    assert task.monitor(400, {"d_fake": 0.001}) is None  # said once
+
+
+def test_task_advice_reaches_the_user(tmp_path, capsys):
+    tr = Trainer(load_config(None, TINY_GAN + ["train.steps=3"]), tmp_path / "run")
+    tr.task.monitor = lambda step, values: "look here" if step == 2 else None
+    tr.fit()
+    assert capsys.readouterr().err.count("warning: look here") == 1
+
+
+def test_dataset_warnings_are_one_plain_line(tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    for i in range(20):
+        Image.new("RGB", (12, 12), (i * 10, 0, 0)).save(folder / f"{i}.png")
+    (folder / "broken.png").write_bytes(b"not a png")
+    res = subprocess.run([sys.executable, "-m", "genforge.cli", "train", *TINY_GAN, "data.name=folder",
+                          f"data.path={folder}", "data.limit=null", "train.steps=1", "--out", str(tmp_path / "run")],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    warn = [x for x in res.stderr.splitlines() if "unreadable" in x]
+    assert len(warn) == 1 and warn[0].startswith("warning: skipped 1 unreadable images of 21 in ")
+    assert "UserWarning" not in res.stderr and "warnings.warn" not in res.stderr
