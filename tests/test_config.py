@@ -54,3 +54,19 @@ def test_model_option_values_a_constructor_rejects_are_a_one_line_cli_error(cli,
                          "--out", tmp_path / "run")
     assert code == 2 and err.count("\n") == 1
     assert "model 'diffusion'" in err and "widths" in err and "one entry per resolution level" in err
+
+
+def test_config_is_checked_before_the_data_is_loaded(cli, tmp_path, monkeypatch):
+    import genforge.train.trainer as trainer_mod
+
+    def no_data(cfg):
+        raise AssertionError("the dataset was loaded before the config was checked")
+
+    monkeypatch.setattr(trainer_mod, "load_dataset", no_data)
+    for args, words in [(["data.image_size=48"], ["data.image_size=48", "power of two"]),
+                        (["model.params.widht=8"], ["model 'dcgan' has no option 'widht'", "width"]),
+                        (["task_params.nope=1"], ["task 'gan' has no option 'nope'"])]:
+        code, out, err = cli("train", "dcgan_fashion", *args, "--out", tmp_path / "run")
+        assert code == 2 and err.count("\n") == 1, err
+        assert all(w in err for w in words), err
+    assert not (tmp_path / "run").exists()

@@ -106,6 +106,31 @@ def resolve_model_params(cfg: RunConfig, data: Examples) -> RunConfig:
     return cfg.model_copy(update={"model": model, "class_names": data.class_names})
 
 
+def preflight(cfg: RunConfig) -> None:
+    """Check the whole config before any data is loaded: the task and its options, the model's option
+    names, and the model's own checks of their values (built once at the configured image size)."""
+    from . import classify, diffusion, gan  # noqa: F401  (register the tasks)
+    from ..models import cnn, diffusion as _d, gan as _g  # noqa: F401  (register the models)
+
+    cls, fn = TASKS.get(cfg.task), MODELS.get(cfg.model.name)
+    if cfg.model.name not in cls.models:
+        raise GenforgeError(f"task {cfg.task!r} cannot train model {cfg.model.name!r}; use one of: "
+                            f"{', '.join(cls.models)}")
+    check_kwargs(cls.__init__, {"cfg": cfg, "data": None, **cfg.task_params}, f"task {cfg.task!r}")
+    check_kwargs(fn, cfg.model.params, f"model {cfg.model.name!r}")
+    accepted = inspect.signature(fn).parameters
+    shape = {"image_size": cfg.data.image_size, "channels": cfg.data.channels or 3,
+             "in_channels": cfg.data.channels or 3}
+    trial = {**{k: v for k, v in shape.items() if k in accepted}, **cfg.model.params}
+    try:
+        with torch.device("meta"):  # checks only: no memory, no initialisation cost
+            fn(**trial)
+    except (ValueError, TypeError) as e:
+        key = "data.image_size" if "image_size" in str(e) else "model.params"
+        value = f"={cfg.data.image_size}" if key == "data.image_size" else f" ({cfg.model.params})"
+        raise GenforgeError(f"{key}{value} does not suit model {cfg.model.name!r}: {e}") from None
+
+
 def build_task(cfg: RunConfig, data: Examples | None = None) -> Task:
     from . import classify, diffusion, gan  # noqa: F401  (register the tasks)
 

@@ -30,7 +30,7 @@ from ..data import Examples, load_dataset
 from ..data.transforms import make_grid, to_uint8
 from ..device import pick_device
 from ..errors import GenforgeError
-from ..tasks import build_task, resolve_model_params
+from ..tasks import build_task, preflight, resolve_model_params
 from . import checkpoint as ckpt
 from .logging import Logger
 
@@ -76,6 +76,7 @@ class Trainer:
         if self.world > 1:
             self.device = self._init_distributed(cfg)
         self._check_run_dir()
+        preflight(cfg)  # a bad key or value fails here, before the data is loaded
         self.data: Examples = load_dataset(cfg.data)
         if len(self.data) < cfg.train.batch_size * self.world:
             raise GenforgeError(
