@@ -365,3 +365,15 @@ def test_folder_train_test_subfolders(tmp_path):
     _png(tmp_path / "train" / "b.png")
     _png(tmp_path / "test" / "c.png")
     assert len(_folder(tmp_path)) == 2 and len(_folder(tmp_path, split="test")) == 1
+
+
+def test_fashion_with_an_image_folder_suggests_the_folder_dataset_and_expands_home(tmp_path, monkeypatch):
+    pics = tmp_path / "pictures" / "cats"
+    pics.mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(pics / "a.png")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with pytest.raises(GenforgeError, match=r"holds image files.*data\.name=folder"):
+        load_dataset(DataConfig(name="fashion", path="~/pictures"))
+    # '~' is the user's home for the IDX loaders too, not a folder named '~'
+    with pytest.raises(GenforgeError, match=f"{tmp_path}/nothing does not exist"):
+        load_dataset(DataConfig(name="fashion", path="~/nothing"))

@@ -78,7 +78,7 @@ def _find(directory: Path, stem: str) -> Optional[Path]:
 def load_idx_split(directory: str | Path, split: str = "train", *, limit: Optional[int] = None,
                    hint: str = "") -> tuple[np.ndarray, np.ndarray]:
     """(images uint8 (N, H, W), labels int64 (N,)) of one split of an MNIST-style directory."""
-    directory = Path(directory)
+    directory = Path(directory).expanduser()
     fix = hint or "set data.path=DIR to a directory with the IDX files"
     if not directory.is_dir():
         raise GenforgeError(f"dataset directory {directory} does not exist; {fix}")
@@ -101,7 +101,23 @@ def load_idx_split(directory: str | Path, split: str = "train", *, limit: Option
     return images, labels.astype(np.int64)
 
 
+def _holds_images(directory: Path) -> bool:
+    """Whether a folder (or one of its subfolders, one level down) holds image files."""
+    from .folder import EXTENSIONS
+
+    if not directory.is_dir():
+        return False
+    for p in [directory, *(d for d in directory.iterdir() if d.is_dir())]:
+        if any(f.suffix.lower() in EXTENSIONS for f in p.iterdir() if f.is_file()):
+            return True
+    return False
+
+
 def _load(cfg: DataConfig, *, directory: str, class_names: list[str], hint: str, name: str) -> ImageSet:
+    directory = Path(directory).expanduser()
+    if cfg.path is not None and _holds_images(directory) and _find(directory, _FILES[cfg.split][0]) is None:
+        raise GenforgeError(f"{directory} holds image files, not {name} IDX files: to train on your own "
+                            f"images add data.name=folder")
     images, labels = load_idx_split(directory, cfg.split, limit=cfg.limit, hint=hint)
     x = resize_images(torch.from_numpy(np.ascontiguousarray(images)).unsqueeze(1), cfg.image_size)
     return ImageSet(
