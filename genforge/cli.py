@@ -226,7 +226,12 @@ def eval_accuracy(
     if not isinstance(pipe, ClassifierPipeline):
         raise GenforgeError(f"{run_dir} is a {pipe.cfg.task!r} run; accuracy needs a classify run")
     ds = load_dataset(pipe.cfg.data.model_copy(update={"split": split, "flip": False}))
-    _echo_json({"accuracy": accuracy(pipe.model, ds.images, ds.labels), "n": len(ds), "split": split})
+    held_out = bool(ds.meta.get("held_out", split == "test"))
+    if not held_out:
+        typer.echo(f"warning: split {split!r} holds training images, so this accuracy measures memorisation",
+                   err=True)
+    _echo_json({"accuracy": accuracy(pipe.model, ds.images, ds.labels), "n": len(ds), "split": split,
+                "held_out": held_out})
 
 # -- serving: genforge serve, genforge keys ------------------------------------------------------
 keys_app = typer.Typer(no_args_is_help=True, help="Manage API keys for `genforge serve`.")

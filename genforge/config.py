@@ -21,53 +21,65 @@ class _Strict(BaseModel):
 
 
 class DataConfig(_Strict):
-    name: str = "fashion"
-    path: Optional[str] = None  # folder / IDX directory; None means the dataset's default location
-    split: Literal["train", "test"] = "train"
-    image_size: int = Field(32, ge=8, le=512)
-    channels: Optional[Literal[1, 3]] = None  # None keeps the dataset's own channel count
-    flip: bool = False  # random horizontal flips during training
-    limit: Optional[int] = Field(None, ge=1)  # use only the first N items (quick runs, tests)
-    num_items: int = Field(20000, ge=1)  # size of procedural datasets (shapes)
-    seed: int = 0  # seed of procedural datasets
+    name: str = Field("fashion", description="dataset name (`genforge models` lists them)")
+    path: Optional[str] = Field(None, description="folder / IDX directory; null means the dataset's "
+                                "default location")
+    split: Literal["train", "test"] = Field("train", description="which split to train on")
+    image_size: int = Field(32, ge=8, le=512, description="images are resized and centre-cropped to "
+                            "this many pixels a side")
+    channels: Optional[Literal[1, 3]] = Field(None, description="1 (grey) or 3 (RGB); null keeps the "
+                                              "dataset's own channel count")
+    flip: bool = Field(False, description="random horizontal flips during training")
+    val_fraction: float = Field(0.1, ge=0, lt=1, description=(
+        "folder data without train/ and test/ subfolders: this share of the files (chosen by a hash of "
+        "each file's path, so the same on every machine and stable as files are added) is the test split"))
+    limit: Optional[int] = Field(None, ge=1, description="use only the first N items (quick runs, tests)")
+    num_items: int = Field(20000, ge=1, description="size of procedural datasets (shapes)")
+    seed: int = Field(0, description="seed of procedural datasets")
 
 
 class ModelConfig(_Strict):
-    name: str = "dcgan"
-    params: dict[str, Any] = Field(default_factory=dict)  # keyword arguments of the model class
+    name: str = Field("dcgan", description="registered model name (`genforge models` lists them)")
+    params: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the model "
+                                   "constructor (widths, image_size, num_classes, ...)")
 
 
 class TrainConfig(_Strict):
-    steps: int = Field(1000, ge=1)
-    batch_size: int = Field(64, ge=1)
-    lr: float = Field(2e-4, gt=0)
-    betas: tuple[float, float] = (0.5, 0.999)
-    weight_decay: float = Field(0.0, ge=0)
-    lr_schedule: Literal["constant", "cosine"] = "constant"
-    warmup_steps: int = Field(0, ge=0)
-    ema_decay: float = Field(0.0, ge=0, lt=1)  # 0 disables EMA
-    grad_clip: float = Field(0.0, ge=0)  # 0 disables clipping
-    amp: bool = False  # autocast (bf16 on CPU, fp16 on CUDA)
-    seed: int = 0
-    device: str = "auto"
-    log_every: int = Field(50, ge=1)
-    sample_every: int = Field(0, ge=0)  # 0: only at the end
-    ckpt_every: int = Field(500, ge=1)
-    keep_last: int = Field(2, ge=1)
-    # consecutive steps with a NaN/inf loss or gradient (each skipped) before the run stops as diverged
-    max_nonfinite_steps: int = Field(5, ge=1)
-    tensorboard: bool = True
+    steps: int = Field(1000, ge=1, description="optimizer steps in the whole run")
+    batch_size: int = Field(64, ge=1, description="examples per step on each process")
+    lr: float = Field(2e-4, gt=0, description="peak learning rate of AdamW")
+    betas: tuple[float, float] = Field((0.5, 0.999), description="AdamW's beta1 and beta2")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW's decoupled weight decay")
+    lr_schedule: Literal["constant", "cosine"] = Field("constant", description="learning rate after "
+                                                      "warm-up: constant, or cosine decay to zero")
+    warmup_steps: int = Field(0, ge=0, description="steps of linear learning-rate warm-up from zero")
+    ema_decay: float = Field(0.0, ge=0, lt=1, description="decay of the weights' exponential moving "
+                             "average, saved as the inference weights; 0 disables EMA")
+    grad_clip: float = Field(0.0, ge=0, description="clip the gradient norm to this; 0 disables clipping")
+    amp: bool = Field(False, description="autocast (bf16 on CPU, fp16 on CUDA)")
+    seed: int = Field(0, description="seed of initialisation, batches and noise")
+    device: str = Field("auto", description="auto (CUDA when present), cpu, cuda or cuda:N")
+    log_every: int = Field(50, ge=1, description="steps between metrics.jsonl records")
+    sample_every: int = Field(0, ge=0, description="steps between sample grids; 0: only at the end")
+    ckpt_every: int = Field(500, ge=1, description="steps between resume points (train_state/)")
+    keep_last: int = Field(2, ge=1, description="resume points kept; older ones are deleted")
+    max_nonfinite_steps: int = Field(5, ge=1, description="consecutive steps with a NaN/inf loss or "
+                                     "gradient (each skipped) before the run stops as diverged")
+    tensorboard: bool = Field(True, description="write TensorBoard logs under tb/")
 
 
 class RunConfig(_Strict):
-    task: str = "gan"
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    data: DataConfig = Field(default_factory=DataConfig)
-    train: TrainConfig = Field(default_factory=TrainConfig)
-    task_params: dict[str, Any] = Field(default_factory=dict)  # keyword arguments of the task
-    class_names: Optional[list[str]] = None  # filled from the dataset at training time
-    recipe: Optional[str] = None  # the command that produced the run, recorded for reproduction
-    notes: dict[str, Any] = Field(default_factory=dict)  # measured figures (FID, ...) added later
+    task: str = Field("gan", description="what a training step does: gan, diffusion or classify")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="the network")
+    data: DataConfig = Field(default_factory=DataConfig, description="the training data")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="the optimisation loop")
+    task_params: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the task "
+                                        "(diffusion: cond_drop, sample_steps, sample_sampler)")
+    class_names: Optional[list[str]] = Field(None, description="filled from the dataset at training time")
+    recipe: Optional[str] = Field(None, description="the command that produced the run, recorded for "
+                                  "reproduction")
+    notes: dict[str, Any] = Field(default_factory=dict, description="measured figures (FID, ...) added "
+                                  "later")
 
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
@@ -154,4 +166,7 @@ def config_from_json(path: Path) -> RunConfig:
         raise GenforgeError(f"{path} is not valid JSON ({e.msg}); the run directory is damaged") from None
     raw.pop("genforge_version", None)
     raw.pop("resume_history", None)  # what each --resume changed; the fields above are the effective config
+    if isinstance(raw.get("data"), dict):
+        # runs made before data.val_fraction existed trained on every file: none of them is held out
+        raw["data"].setdefault("val_fraction", 0.0)
     return validate_config(raw)

@@ -237,7 +237,7 @@ def test_compute_metrics_and_fid_report_are_json_able():
     rng = _rng(11)
     real, fake = rng.standard_normal((80, 6)), rng.standard_normal((70, 6)) + 0.2
     m = compute_metrics(real, fake, kid_subsets=5)
-    assert set(m) == {"fid", "kid_mean", "kid_std", "precision", "recall", "n_real", "n_fake"}
+    assert set(m) == {"fid", "kid_mean", "kid_std", "kid_subset_size", "precision", "recall", "n_real", "n_fake"}
     assert m["fid"] == pytest.approx(fid_from_features(real, fake))
     assert (m["n_real"], m["n_fake"]) == (80, 70)
     rep = fid_report(torch.from_numpy(real), torch.from_numpy(fake), "classifier-digits", seed=0, steps=4)

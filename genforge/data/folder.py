@@ -9,6 +9,7 @@ Unreadable files (corrupt, truncated, decompression bombs) are skipped and repor
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -39,6 +40,12 @@ def list_images(root: str | Path) -> list[Path]:
             if f.lower().endswith(EXTENSIONS) and not f.startswith("."):
                 found.append(Path(dirpath) / f)
     return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+
+
+def held_out_file(rel_path: Path, fraction: float) -> bool:
+    """Whether a file (path relative to the dataset root) belongs to the held-out split."""
+    digest = hashlib.sha1(rel_path.as_posix().encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
 
 
 def _decode(path: Path, size: int, channels: int) -> tuple[Optional[np.ndarray], str]:
@@ -76,6 +83,7 @@ def _resolve_root(cfg: DataConfig) -> Path:
 def load_folder(cfg: DataConfig) -> ImageSet:
     """Images under ``cfg.path`` resized (shorter side) and centre-cropped to ``cfg.image_size``."""
     root = _resolve_root(cfg)
+    has_splits = root != Path(cfg.path).expanduser()
     files = list_images(root)
     rel = [f.relative_to(root).parts for f in files]
     class_names = sorted({p[0] for p in rel if len(p) > 1})
@@ -88,6 +96,14 @@ def load_folder(cfg: DataConfig) -> ImageSet:
     if not files:
         raise GenforgeError(f"no images ({', '.join(EXTENSIONS)}) found under {root}; "
                             "set data.path to a directory that contains image files")
+    if not has_splits and cfg.val_fraction > 0:
+        test = cfg.split == "test"
+        files = [f for f in files if held_out_file(f.relative_to(root), cfg.val_fraction) == test]
+        if not files:
+            raise GenforgeError(f"data.val_fraction={cfg.val_fraction} leaves no images in the {cfg.split!r} "
+                                f"split of {root}; change data.val_fraction or add images")
+    # a 'test' split shares no image with training unless val_fraction=0 made it the training images
+    held_out = cfg.split == "test" and (has_splits or cfg.val_fraction > 0)
 
     channels = cfg.channels or 3
     size = cfg.image_size
@@ -123,6 +139,6 @@ def load_folder(cfg: DataConfig) -> ImageSet:
         images=torch.from_numpy(np.stack(kept)),
         labels=labels,
         class_names=class_names or None,
-        meta={"name": "folder", "split": cfg.split, "path": str(root),
+        meta={"name": "folder", "split": cfg.split, "path": str(root), "held_out": held_out,
               "files": [f.relative_to(root).as_posix() for f in kept_files], "skipped": len(failed)},
     )

@@ -211,8 +211,11 @@ def compute_metrics(real_feats: Any, fake_feats: Any, kid_subsets: int = 100,
     if real.shape[1] != fake.shape[1]:
         raise GenforgeError(f"real and fake feature dims differ: {real.shape[1]} vs {fake.shape[1]}")
     out: dict = {"fid": fid_from_features(real, fake)}
-    out["kid_mean"], out["kid_std"] = kid(real, fake, subsets=kid_subsets,
-                                          subset_size=kid_subset_size, seed=seed)
+    # Subsets as large as the sets would all be the whole set, and their std would be rounding noise:
+    # use at most half the smaller set so the subsets differ (MMD^2's estimate is unbiased at any size)
+    size = min(kid_subset_size, max(2, min(real.shape[0], fake.shape[0]) // 2))
+    out["kid_mean"], out["kid_std"] = kid(real, fake, subsets=kid_subsets, subset_size=size, seed=seed)
+    out["kid_subset_size"] = size
     if with_precision_recall:
         out["precision"], out["recall"] = precision_recall(real, fake, k=pr_k)
     out["n_real"], out["n_fake"] = int(real.shape[0]), int(fake.shape[0])

@@ -8,6 +8,7 @@ standard network and clean-resize preprocessing.
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -31,16 +32,29 @@ def classifier_feature_net(spec: str, device: str = "auto"):
                               class_names=pipe.class_names)
 
 
-def default_feature_net(dataset: str, device: str = "auto"):
+def default_feature_net(dataset: str, device: str = "auto", dcfg=None, labelled: bool = True):
+    """The shipped classifier of ``dataset``; without one, an error giving the command that trains one
+    on exactly the reference data (``dcfg``)."""
     from ..pipelines import shipped_models
 
     name = f"classifier-{dataset}"
     if name not in shipped_models():
+        if dcfg is not None and not labelled:
+            raise GenforgeError(
+                f"no shipped feature net for dataset {dataset!r}, and its images have no labels to train one "
+                "(a classifier needs class subfolders); pass --feature-net RUN_DIR of a classifier trained on "
+                "similar labelled images, or --inception-weights")
+        args = [f"data.name={dataset}"]
+        if dcfg is not None:
+            if dcfg.path:
+                args.append(f"data.path={Path(dcfg.path).expanduser().resolve()}")
+            args.append(f"data.image_size={dcfg.image_size}")
+            if dcfg.channels:
+                args.append(f"data.channels={dcfg.channels}")
         raise GenforgeError(
-            f"no shipped feature net for dataset {dataset!r}; train one (genforge train "
-            f"classifier_fashion data.name={dataset} --out DIR) and pass --feature-net DIR, "
-            "or pass --inception-weights"
-        )
+            f"no shipped feature net for dataset {dataset!r}; train one with "
+            f"`genforge train classifier_fashion {' '.join(args)} --out runs/classifier-{dataset}` "
+            f"and pass --feature-net runs/classifier-{dataset}, or pass --inception-weights")
     return classifier_feature_net(name, device)
 
 
@@ -61,6 +75,11 @@ def fid_for_run(run_dir: str, data: Optional[str] = None, data_path: Optional[st
     if data_path is not None:
         dcfg = dcfg.model_copy(update={"path": data_path})
     ref = load_dataset(dcfg)
+    held_out = bool(ref.meta.get("held_out", split == "test"))
+    if not held_out:
+        warnings.warn(f"the reference images are {dcfg.name!r}'s training images (split {split!r}"
+                      f"{', data.val_fraction=0' if dcfg.name == 'folder' else ''}): FID against them rewards "
+                      "memorising the training set; use held-out images (--split test, data.val_fraction > 0)")
     if inception_weights is not None:
         from .inception import InceptionFeatures
 
@@ -68,14 +87,15 @@ def fid_for_run(run_dir: str, data: Optional[str] = None, data_path: Optional[st
     elif feature_net is not None:
         net = classifier_feature_net(feature_net, device)
     else:
-        net = default_feature_net(dcfg.name, device)
+        net = default_feature_net(dcfg.name, device, dcfg, labelled=ref.num_classes > 0)
     t0 = time.time()
     fake = to_uint8(pipe.generate(n=n, seed=seed, steps=steps, sampler=sampler, guidance=guidance))
     gen_s = time.time() - t0
     with torch.no_grad():
         f_real = net.features(ref.images)
         f_fake = net.features(fake)
-    info = {"run_dir": str(pipe.run_dir), "dataset": dcfg.name, "split": split, "seed": seed,
+    info = {"run_dir": str(pipe.run_dir), "dataset": dcfg.name, "split": split, "reference_held_out": held_out,
+            "seed": seed,
             "generate_seconds": round(gen_s, 2)}
     if pipe.cfg.task == "diffusion":
         info.update(sampler=sampler, steps=steps)
