@@ -1,5 +1,6 @@
 """What training prints: results alone on stdout, progress and advice on stderr, a clock that goes on."""
 import json
+import torch
 import os
 import subprocess
 import sys
@@ -65,9 +66,43 @@ def test_dataset_warnings_are_one_plain_line(tmp_path):
         Image.new("RGB", (12, 12), (i * 10, 0, 0)).save(folder / f"{i}.png")
     (folder / "broken.png").write_bytes(b"not a png")
     res = subprocess.run([sys.executable, "-m", "genforge.cli", "train", *TINY_GAN, "data.name=folder",
-                          f"data.path={folder}", "data.limit=null", "train.steps=1", "--out", str(tmp_path / "run")],
+                          f"data.path={folder}", "data.limit=null", "data.val_fraction=0", "train.steps=1", "--out", str(tmp_path / "run")],
                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     warn = [x for x in res.stderr.splitlines() if "unreadable" in x]
     assert len(warn) == 1 and warn[0].startswith("warning: skipped 1 unreadable images of 21 in ")
     assert "UserWarning" not in res.stderr and "warnings.warn" not in res.stderr
+
+
+def test_run_directory_has_real_images_beside_samples_and_a_loss_curve(tmp_path):
+    from PIL import Image
+
+    run = tmp_path / "run"
+    Trainer(load_config(None, TINY_GAN + ["train.steps=4", "train.sample_every=2"]), run).fit()
+    real, first = Image.open(run / "samples" / "real.png"), Image.open(run / "samples" / "step_00000002.png")
+    assert real.size == first.size == (2 + 8 * (32 + 2), 2 + 8 * (32 + 2))  # 16 px tiles at 2x, 8 a row
+    assert real.getpixel((0, 0)) == 128  # grey padding shows on black and on white
+    curve = Image.open(run / "loss.png")
+    assert curve.size == (640, 360) and len(curve.getcolors(1 << 16)) > 3  # more than a blank canvas
+
+
+def test_conditional_grids_put_one_class_on_each_row():
+    cfg = load_config(None, ["task=gan", "model.name=cgan", "model.params.width=8", "model.params.d_width=8",
+                             "model.params.z_dim=8", "model.params.num_classes=3", "model.params.image_size=16",
+                             "model.params.channels=1"])
+    task = build_task(cfg)
+    seen = []
+    task.model.generator.forward = lambda z, y: seen.append(y) or torch.zeros(len(y), 1, 16, 16)
+    assert task.sample_images(task.model, n=64).shape[0] == 3 * task.grid_columns
+    assert seen[0].tolist() == [0] * 8 + [1] * 8 + [2] * 8
+
+
+def test_make_grid_scales_and_rejects_bad_scales():
+    import pytest
+
+    from genforge.data.transforms import make_grid
+
+    g = make_grid(torch.full((2, 3, 4, 4), 255, dtype=torch.uint8), nrow=2, padding=1, scale=3)
+    assert g.size == (1 + 2 * 13, 1 + 13) and g.getpixel((1, 1)) == (255, 255, 255)
+    with pytest.raises(ValueError, match="scale"):
+        make_grid(torch.zeros(1, 1, 4, 4), scale=0)

@@ -158,14 +158,24 @@ def to_pil_list(images: torch.Tensor) -> list[Image.Image]:
     return [Image.fromarray(a[:, :, 0] if c == 1 else a, _MODES[c]) for a in arr]
 
 
-def make_grid(images: torch.Tensor, nrow: int | None = None, padding: int = 2, pad_value: int = 0) -> Image.Image:
-    """Tile a batch into one PIL image, ``nrow`` images per row (default: a square-ish grid)."""
+def make_grid(images: torch.Tensor, nrow: int | None = None, padding: int = 2, pad_value: int = 128,
+              scale: int = 1) -> Image.Image:
+    """Tile a batch into one PIL image, ``nrow`` images per row (default: a square-ish grid).
+
+    The padding is mid-grey so tiles stay apart on black and on white backgrounds; ``scale`` enlarges
+    each pixel to a ``scale`` x ``scale`` block (32 px samples are hard to see at 1x).
+    """
     x = _as_uint8_batch(images)
     n, c, h, w = x.shape
     if c not in _MODES:
         raise ValueError(f"cannot show images with {c} channels")
     if n == 0:
         raise ValueError("make_grid needs at least one image")
+    if scale < 1 or scale > 64:
+        raise ValueError(f"grid scale must be 1..64, got {scale}")
+    if scale > 1:
+        x = x.repeat_interleave(scale, dim=2).repeat_interleave(scale, dim=3)
+        h, w = h * scale, w * scale
     ncol = max(1, min(nrow or math.ceil(math.sqrt(n)), n))
     nrows = math.ceil(n / ncol)
     grid = torch.full((c, padding + nrows * (h + padding), padding + ncol * (w + padding)), pad_value, dtype=torch.uint8)

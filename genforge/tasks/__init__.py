@@ -58,6 +58,13 @@ class Task:
     def step(self, batch: dict[str, torch.Tensor], optimize: Optimize) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
+    #: images per row of the progress grids; conditional models put one class on each row
+    grid_columns = 8
+
+    def preview(self, data: Examples, n: int = 64) -> torch.Tensor | None:
+        """A few training examples as uint8 images, saved beside the first samples for comparison."""
+        return data.column("image")[:n] if data.has("image") else None
+
     def monitor(self, step: int, values: dict[str, float]) -> str | None:
         """Look at the logged values of ``step``; a returned sentence is shown to the user as a warning
         (a training pathology this task can recognise, and its fix)."""

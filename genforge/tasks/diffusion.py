@@ -42,8 +42,11 @@ class DiffusionTask(Task):
     def sample_images(self, model, n=64, seed=0):
         gen = torch.Generator().manual_seed(seed)
         device = next(model.parameters()).device
+        labels = None
+        if model.num_classes:  # one class per grid row
+            n = model.num_classes * self.grid_columns
+            labels = torch.arange(model.num_classes, device=device).repeat_interleave(self.grid_columns)
         noise = torch.randn(n, model.channels, model.image_size, model.image_size, generator=gen)
-        labels = torch.arange(n, device=device) % model.num_classes if model.num_classes else None
         was = model.training
         model.eval()
         x = model.sample(noise.to(device), steps=self.sample_steps, sampler=self.sample_sampler,

@@ -66,8 +66,11 @@ class GANTask(Task):
     def sample_images(self, model, n=64, seed=0):
         gen = torch.Generator().manual_seed(seed)
         device = next(model.parameters()).device
+        y = None
+        if model.conditional:  # one class per grid row
+            n = model.num_classes * self.grid_columns
+            y = torch.arange(model.num_classes, device=device).repeat_interleave(self.grid_columns)
         z = torch.randn(n, model.z_dim, generator=gen).to(device)
-        y = torch.arange(n, device=device) % model.num_classes if model.conditional else None
         was = model.training
         model.eval()
         x = model.generator(z, y)

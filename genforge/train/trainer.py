@@ -32,6 +32,7 @@ from ..device import pick_device
 from ..errors import GenforgeError
 from ..tasks import build_task, preflight, resolve_model_params
 from . import checkpoint as ckpt
+from .plots import write_loss_curve
 from .logging import Logger
 
 
@@ -236,12 +237,17 @@ class Trainer:
         images = self.task.sample_images(self.inference_model, n=64, seed=self.cfg.train.seed)
         if images is None:
             return
-        grid = make_grid(to_uint8(images.cpu()))
-        (self.run_dir / "samples").mkdir(exist_ok=True)
+        grid = self._grid(to_uint8(images.cpu()), self.run_dir / "samples" / f"step_{step:08d}.png")
+        logger.image("samples", grid, step)
+        write_loss_curve(self.run_dir, ckpt.read_metrics(self.run_dir / "metrics.jsonl", warn=False)[0])
+
+    def _grid(self, images: torch.Tensor, path: Path):
+        grid = make_grid(images, nrow=self.task.grid_columns, scale=2)
+        path.parent.mkdir(exist_ok=True)
         buf = io.BytesIO()
         grid.save(buf, format="PNG")
-        ckpt.atomic_write_bytes(self.run_dir / "samples" / f"step_{step:08d}.png", buf.getvalue())
-        logger.image("samples", grid, step)
+        ckpt.atomic_write_bytes(path, buf.getvalue())
+        return grid
 
     def _result(self, status: str, step: int, metrics: dict) -> dict[str, Any]:
         rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
@@ -272,6 +278,9 @@ class Trainer:
         else:
             start = 0
             self.write_config()
+            real = self.task.preview(self.data) if self.rank == 0 else None
+            if real is not None:  # what the samples should come to look like, beside them
+                self._grid(real, self.run_dir / "samples" / "real.png")
         if self.world > 1:
             dist.barrier()
         logger = Logger(self.run_dir, enabled=self.rank == 0, tensorboard=t.tensorboard,
