@@ -74,12 +74,15 @@ def test_generate_and_classify_in_browser(server):
             page = browser.new_page(viewport={"width": 1100, "height": 1000})
             errors: list[str] = []
             page.on("pageerror", lambda e: errors.append(str(e)))
+            page.on("response", lambda r: errors.append(f"{r.status} {r.url}") if r.status == 404 else None)
             page.goto(url + "/")
-            # a wrong key is explained in words
+            # a wrong key is explained in words, in the colour of every other error
             page.fill("#api-key", "gf_wrong_key")
             page.click("#connect")
             expect = sync_api.expect  # polls without eval(), which the page's CSP forbids
-            expect(page.locator("#key-status")).to_contain_text("401")
+            expect(page.locator("#key-error")).to_contain_text("401")
+            expect(page.locator("#key-error")).to_have_css("color", page.locator("#gen-error").evaluate(
+                "e => getComputedStyle(e).color"))
             page.fill("#api-key", key)
             page.click("#connect")
             page.wait_for_selector("#generate:not([disabled])")
@@ -119,6 +122,9 @@ def test_generate_and_classify_in_browser(server):
             KeyStore(tmp / "keys.json").revoke(key.split("_")[1])
             page.click("#generate")
             expect(page.locator("#gen-error")).to_contain_text("revoked")
+            expect(page.locator("#gallery img")).to_have_count(0)  # old images do not pose as the answer
+            icon = page.request.get(url + "/web/favicon.svg")
+            assert icon.ok and icon.headers["content-type"].startswith("image/svg")
             assert not errors, errors
         finally:
             browser.close()

@@ -72,6 +72,7 @@ async function connect(ev) {
   if (ev) ev.preventDefault();
   state.key = $("api-key").value.trim();
   setText("key-status", "Connecting...");
+  setText("key-error", "");
   try {
     const list = await api("/v1/models");
     state.models = list.data;
@@ -86,7 +87,8 @@ async function connect(ev) {
     setText("key-status", `Connected: ${gens.length} image generator(s), ${clfs.length} classifier(s).`);
   } catch (e) {
     $("generate").disabled = $("classify").disabled = true;
-    setText("key-status", e.message);
+    setText("key-status", "");
+    setText("key-error", e.message);
   }
 }
 
@@ -123,6 +125,12 @@ function showImages(result) {
   setText("gen-info", `${result.images.length} image(s) from ${result.model}, seed ${result.seed}, ${result.size}.`);
 }
 
+function clearImages() {
+  state.images = [];
+  $("gallery").replaceChildren();
+  $("gen-actions").hidden = true;
+}
+
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 async function runJob(params) {
@@ -155,6 +163,7 @@ async function generate(ev) {
     });
     showImages(result);
   } catch (e) {
+    clearImages();  // the old images are not the answer to this request
     setText("gen-info", "");
     setText("gen-error", e.message);
   } finally {
@@ -207,6 +216,8 @@ async function classify(ev) {
       list.append(li);
     }
   } catch (e) {
+    $("clf-preview").hidden = true;
+    $("clf-labels").replaceChildren();
     setText("clf-error", e.message);
   } finally {
     $("classify").disabled = false;
