@@ -106,3 +106,21 @@ def test_make_grid_scales_and_rejects_bad_scales():
     assert g.size == (1 + 2 * 13, 1 + 13) and g.getpixel((1, 1)) == (255, 255, 255)
     with pytest.raises(ValueError, match="scale"):
         make_grid(torch.zeros(1, 1, 4, 4), scale=0)
+
+
+def test_tensorboard_keeps_every_step_once_across_a_crash_and_resume(tmp_path):
+    import shutil
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    cfg = load_config(None, TINY_GAN + ["train.tensorboard=true", "train.steps=8", "train.ckpt_every=3",
+                                        "train.keep_last=5"])
+    Trainer(cfg, run).fit()
+    # as if killed after logging step 8 but with only step 6 saved: steps 7-8 are logged again
+    shutil.rmtree(run / "train_state" / "step_00000008")
+    (run / "train_state" / "latest").write_text("step_00000006")
+    Trainer(cfg, run, resume=True).fit()
+    ea = EventAccumulator(str(run / "tb"))
+    ea.Reload()
+    assert [e.step for e in ea.Scalars("loss_d")] == list(range(1, 9))

@@ -59,7 +59,9 @@ class Logger:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=start or None)
+            # steps after the checkpoint are about to be logged again: TensorBoard drops its copies of
+            # them (from start + 1 on, the first step a resumed run logs), not the checkpoint step itself
+            self.writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=start + 1 if start else None)
         if not progress or os.environ.get("GENFORGE_NO_PROGRESS"):
             return
         console = Console(stderr=True)
