@@ -17,7 +17,8 @@ from .errors import GenforgeError
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # train.lr=inf or nan would only show up as a diverged run, after the run directory is made
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class DataConfig(_Strict):
@@ -36,6 +37,12 @@ class DataConfig(_Strict):
     limit: Optional[int] = Field(None, ge=1, description="use only the first N items (quick runs, tests)")
     num_items: int = Field(20000, ge=1, description="size of procedural datasets (shapes)")
     seed: int = Field(0, description="seed of procedural datasets")
+    holdout: Literal["none", "default"] = Field("none", description="shapes: attribute and relation "
+                                                "combinations kept out of training (default: green "
+                                                "triangles, orange rings, a star directly below a ring)")
+    compositions: Literal["all", "seen", "heldout"] = Field("all", description="shapes test split with a "
+                                                            "holdout: every scene, only scenes without a "
+                                                            "held-out combination, or only scenes with one")
 
 
 class ModelConfig(_Strict):

@@ -18,7 +18,8 @@ from ..registry import DATASETS
 FIELDS: dict[str, str] = {
     "image": "uint8 tensor (N, C, H, W) at the configured size",
     "label": "int64 tensor (N,): an index into class_names",
-    "caption": "list of N str: an English description of the example",
+    "caption": "list of N: an English description of the example, a str, or a list of str when an "
+               "image has several",
     "spec": "list of N structured descriptions (shapes: Scene objects)",
     "text": "list of N str: a text sequence (language data)",
     "tokens": "list of N int64 tensors of varying length",
@@ -104,6 +105,6 @@ class ImageSet(Examples):
 
 def load_dataset(cfg: DataConfig) -> Examples:
     """Build the dataset named by ``cfg.name`` (see ``DATASETS.names()``)."""
-    from . import digits, fashion, folder, shapes  # noqa: F401  (register the sources)
+    from . import captions, digits, fashion, folder, shapes  # noqa: F401  (register the sources)
 
     return DATASETS.get(cfg.name)(cfg)

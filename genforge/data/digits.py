@@ -35,5 +35,7 @@ def load_digits_dataset(cfg: DataConfig) -> ImageSet:
         images=match_channels(images, cfg.channels),
         labels=torch.from_numpy(labels),
         class_names=[str(d) for d in range(10)],
-        meta={"name": "digits", "split": cfg.split},
+        meta={"name": "digits", "split": cfg.split,
+              "license": "CC BY 4.0: UCI 'Optical Recognition of Handwritten Digits' (E. Alpaydin, C. Kaynak), "
+                         "the copy scikit-learn ships"},
     )

@@ -124,7 +124,9 @@ def _load(cfg: DataConfig, *, directory: str, class_names: list[str], hint: str,
         images=match_channels(x, cfg.channels),
         labels=torch.from_numpy(labels),
         class_names=list(class_names),
-        meta={"name": name, "split": cfg.split, "path": str(directory)},
+        meta={"name": name, "split": cfg.split, "path": str(directory),
+              "license": ("MIT (Expat), 2017 Zalando SE: Debian's dataset-fashion-mnist" if name == "fashion"
+                          and cfg.path is None else "the terms of the copy in data.path")},
     )
 
 

@@ -140,5 +140,6 @@ def load_folder(cfg: DataConfig) -> ImageSet:
         labels=labels,
         class_names=class_names or None,
         meta={"name": "folder", "split": cfg.split, "path": str(root), "held_out": held_out,
+              "license": "the user's own images, under their own terms",
               "files": [f.relative_to(root).as_posix() for f in kept_files], "skipped": len(failed)},
     )

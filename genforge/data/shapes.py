@@ -221,11 +221,86 @@ def random_scene(rng: RngLike = None, max_objects: int = 3, background_prob: flo
     return Scene(objects=tuple(objs), background=background)
 
 
+# ---------------------------------------------------------------- compositional hold-out
+
+RELATIONS: tuple[str, ...] = ("above", "below", "to the left of", "to the right of", "to the upper left of",
+                              "to the upper right of", "to the lower left of", "to the lower right of")
+
+
+@dataclass(frozen=True)
+class Holdout:
+    """Combinations kept out of training, so a test can ask whether a model composes what it learnt.
+
+    ``objects`` are (colour, shape) pairs of any size and place. ``relations`` are (shape, relation,
+    shape) between any two objects of a scene, not only the pairs its caption chains: a ring above a
+    star is the same picture as a star below a ring, and training must never show it.
+    """
+
+    objects: tuple[tuple[str, str], ...] = ()
+    relations: tuple[tuple[str, str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        for color, shape in self.objects:
+            _choose("color", color, COLORS)
+            _choose("shape", shape, SHAPES)
+        for a, rel, b in self.relations:
+            _choose("shape", a, SHAPES)
+            _choose("relation", rel, RELATIONS)
+            _choose("shape", b, SHAPES)
+
+    def matches(self, scene: Scene) -> list[str]:
+        """The held-out combinations ``scene`` shows, as phrases ('green triangle', 'star below ring')."""
+        objs = scene.objects
+        found = [f"{c} {s}" for c, s in self.objects if any(o.color == c and o.shape == s for o in objs)]
+        for a, rel, b in self.relations:
+            if any(x.shape == a and y.shape == b and relation(x, y) == rel
+                   for i, x in enumerate(objs) for j, y in enumerate(objs) if i != j):
+                found.append(f"{a} {rel} {b}")
+        return found
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"objects": [{"color": c, "shape": s} for c, s in self.objects],
+                "relations": [{"shape": a, "relation": r, "other": b} for a, r, b in self.relations]}
+
+
+HOLDOUTS: dict[str, Holdout] = {
+    "none": Holdout(),
+    # Each pair is ~2-3% of objects, so training keeps ~90% of the stream and every held-out part
+    # (green, triangle, orange, ring, star, 'below') is still seen often in other combinations.
+    "default": Holdout(objects=(("green", "triangle"), ("orange", "ring")), relations=(("star", "below", "ring"),)),
+}
+_MAX_DRAWS = 10_000  # a held-out-only stream accepts ~1 draw in 10; this bound is never reached
+
+
+def _holdout(holdout: Union[str, Holdout]) -> Holdout:
+    if isinstance(holdout, Holdout):
+        return holdout
+    _choose("holdout", holdout, HOLDOUTS)
+    return HOLDOUTS[holdout]
+
+
+def is_heldout(scene: Scene, holdout: Union[str, Holdout] = "default") -> bool:
+    """Whether ``scene`` shows a combination that ``holdout`` keeps out of training."""
+    return bool(_holdout(holdout).matches(scene))
+
+
 def scene_for_item(index: int, seed: int = 0, split: str = "train", max_objects: int = 3,
-                   background_prob: float = 0.3) -> Scene:
-    """Item ``index`` of the (seed, split) stream; a string seed hashes the same on every platform."""
+                   background_prob: float = 0.3, holdout: Union[str, Holdout] = "none",
+                   heldout: Optional[bool] = None) -> Scene:
+    """Item ``index`` of the (seed, split) stream; a string seed hashes the same on every platform.
+
+    ``heldout`` True/False keeps drawing from the item's own generator until the scene does/does not
+    show a ``holdout`` combination, so an item still depends only on (seed, split, index); None takes
+    the first draw, which is the stream as it was before hold-outs existed.
+    """
     rng = random.Random(f"genforge.shapes/{split}/{seed}/{index}")
-    return random_scene(rng, max_objects=max_objects, background_prob=background_prob)
+    rule = _holdout(holdout)
+    for _ in range(_MAX_DRAWS):
+        scene = random_scene(rng, max_objects=max_objects, background_prob=background_prob)
+        if heldout is None or bool(rule.matches(scene)) == heldout:
+            return scene
+    raise GenforgeError(f"no scene in {_MAX_DRAWS} draws fits holdout={holdout!r} with heldout={heldout}; "
+                        "hold out fewer combinations")
 
 
 # ---------------------------------------------------------------- rendering
@@ -307,7 +382,9 @@ def render_batch(scenes: list[Scene], size: int = 32) -> torch.Tensor:
 def load_shapes(cfg: DataConfig) -> ImageSet:
     """``cfg.num_items`` scenes (the first ``cfg.limit``); split 'test' is a separate stream."""
     n = cfg.num_items if cfg.limit is None else min(cfg.limit, cfg.num_items)
-    scenes = [scene_for_item(i, seed=cfg.seed, split=cfg.split) for i in range(n)]
+    heldout = _heldout_filter(cfg)
+    scenes = [scene_for_item(i, seed=cfg.seed, split=cfg.split, holdout=cfg.holdout, heldout=heldout)
+              for i in range(n)]
     images = match_channels(render_batch(scenes, cfg.image_size), cfg.channels)
     return ImageSet(
         images=images,
@@ -315,5 +392,23 @@ def load_shapes(cfg: DataConfig) -> ImageSet:
         class_names=list(SHAPES),
         captions=[s.caption() for s in scenes],
         specs=scenes,
-        meta={"name": "shapes", "split": cfg.split, "seed": cfg.seed, "num_items": cfg.num_items},
+        meta={"name": "shapes", "split": cfg.split, "seed": cfg.seed, "num_items": cfg.num_items,
+              "holdout": cfg.holdout, "held_out_combinations": HOLDOUTS[cfg.holdout].to_dict(),
+              "compositions": cfg.compositions,
+              "license": "none: generated by genforge, no third-party content"},
     )
+
+
+def _heldout_filter(cfg: DataConfig) -> Optional[bool]:
+    """What ``scene_for_item`` keeps: False (seen combinations only), True (held-out only) or None (all)."""
+    if cfg.holdout == "none":
+        if cfg.compositions != "all":
+            raise GenforgeError(f"data.compositions={cfg.compositions} needs held-out combinations; "
+                                "set data.holdout=default")
+        return None
+    if cfg.split == "train":
+        if cfg.compositions == "heldout":
+            raise GenforgeError("the train split never holds held-out combinations; "
+                                "use data.split=test with data.compositions=heldout")
+        return False
+    return {"all": None, "seen": False, "heldout": True}[cfg.compositions]
