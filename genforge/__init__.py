@@ -4,11 +4,12 @@ from .errors import GenforgeError
 __version__ = "0.1.0"
 
 
-def load(path, device: str = "auto"):
-    """Load a run directory and return the pipeline that runs it (see genforge.pipelines)."""
+def load(path, device: str = "auto", step=None):
+    """Load a run directory and return the pipeline that runs it (see genforge.pipelines);
+    ``step=N`` loads the checkpoint kept at training step N instead of the final weights."""
     from .pipelines import load_pipeline
 
-    return load_pipeline(path, device=device)
+    return load_pipeline(path, device=device, step=step)
 
 
 def train(config, run_dir, resume: bool = False):

@@ -85,6 +85,8 @@ def sample(
     grid: Optional[Path] = typer.Option(None, help="Write one PNG grid here."),
     out_dir: Optional[Path] = typer.Option(None, "--out-dir", help="Write one PNG per image here."),
     device: str = typer.Option("auto"),
+    step: Optional[int] = typer.Option(None, "--step", help="Use the checkpoint kept at this training "
+                                       "step (train_state/) instead of the final weights."),
 ):
     """Generate images from a GAN or diffusion run."""
     from . import load
@@ -96,7 +98,7 @@ def sample(
     for target in [grid.parent if grid else None, out_dir]:
         if target is not None:
             check_writable(target)
-    pipe = load(run_dir, device=device)
+    pipe = load(run_dir, device=device, step=step)
     if not isinstance(pipe, ImagePipeline):
         raise GenforgeError(f"{run_dir} is a {pipe.cfg.task!r} run; sample needs a gan or diffusion run")
     lab = [x.strip() for x in labels.split(",")] if labels else None
@@ -124,27 +126,37 @@ def _atomic_png(image, path: Path) -> None:
 
 @app.command()
 def export(
-    run_dir: str = typer.Argument(..., help="Diffusion run directory or shipped model name."),
-    out: Path = typer.Argument(..., help="Directory to write the diffusers pipeline to."),
+    run_dir: str = typer.Argument(..., help="Run directory or shipped model name."),
+    out: Path = typer.Argument(..., help="New directory to write the exported model to."),
+    fmt: Optional[str] = typer.Option(None, "--format", help="diffusers (diffusion runs; their default) or "
+                                      "onnx (every run; the default for GAN and classifier runs)."),
+    step: Optional[int] = typer.Option(None, "--step", help="Export the checkpoint kept at this training "
+                                       "step (train_state/) instead of the final weights."),
 ):
-    """Export a diffusion run as a diffusers DDPMPipeline (loadable with from_pretrained)."""
-    from diffusers import DDPMPipeline
+    """Export a run for other tools: diffusers (UNet + scheduler) or ONNX (the network's forward pass)."""
+    from .export import export_run
 
-    from . import load
+    typer.echo(export_run(run_dir, out, fmt, step))
 
-    pipe = load(run_dir, device="cpu")
-    if pipe.cfg.task != "diffusion" or pipe.model.num_classes:
-        raise GenforgeError("export supports unconditional diffusion runs (diffusers' DDPMPipeline)")
-    check_writable(out)
-    if out.exists() and any(out.iterdir()):
-        raise GenforgeError(f"{out} exists and is not empty; choose a new directory")
-    tmp = out.with_name(f".{out.name}.tmp")
-    DDPMPipeline(unet=pipe.model.unet, scheduler=pipe.model.make_scheduler("ddpm")).save_pretrained(
-        tmp, safe_serialization=True)
-    if out.exists():
-        out.rmdir()
-    os.replace(tmp, out)
-    typer.echo(f"wrote {out} (diffusers DDPMPipeline; load with DDPMPipeline.from_pretrained)")
+
+@app.command("config")
+def config_cmd(
+    args: List[str] = typer.Argument(None, help="[RECIPE] [KEY=VALUE ...]: a YAML file or shipped recipe "
+                                     "name, then dotted overrides, as for train"),
+    reference: bool = typer.Option(False, "--reference", help="Print a Markdown table of every key instead."),
+):
+    """Print the effective config as YAML, each key with its meaning, type and default."""
+    from .config import load_config
+    from .config_doc import annotated_yaml, reference_table
+
+    if reference:
+        if args:
+            raise GenforgeError("--reference describes every key and takes no RECIPE or KEY=VALUE")
+        typer.echo(reference_table(), nl=False)
+        return
+    args = list(args or [])
+    source = args.pop(0) if args and "=" not in args[0] else None
+    typer.echo(annotated_yaml(load_config(source, args)), nl=False)
 
 
 @app.command()
@@ -172,7 +184,7 @@ def list_models():
     """List shipped models, recipes and every registered name."""
     from . import eval as _eval  # noqa: F401  (registers the feature nets)
     from .config import RECIPES_DIR
-    from .data import digits, fashion, folder, shapes  # noqa: F401  (register the datasets)
+    from .data import captions, digits, fashion, folder, shapes  # noqa: F401  (register the datasets)
     from .models import cnn, diffusion, gan  # noqa: F401  (register the models)
     from .pipelines import shipped_models
     from .registry import DATASETS, FEATURE_NETS, MODELS, TASKS

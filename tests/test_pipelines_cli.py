@@ -210,7 +210,7 @@ def test_export_to_diffusers(runs, cli, tmp_path):
     with torch.no_grad():
         assert torch.allclose(hf.unet(x, t).sample, ours(x, t), atol=1e-6)
     assert hf.scheduler.config.num_train_timesteps == 50
-    code, _, err = cli("export", runs / "gan", tmp_path / "hf2")
+    code, _, err = cli("export", runs / "gan", tmp_path / "hf2", "--format", "diffusers")
     assert code == 2 and "diffusion" in err
 
 

@@ -9,7 +9,7 @@ import torch
 from ..config import RunConfig, config_from_json
 from ..errors import GenforgeError
 from ..models import build_model
-from ..train.checkpoint import load_weights
+from ..train.checkpoint import STATE_DIR, load_weights
 from ..device import pick_device
 
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
@@ -33,13 +33,38 @@ def resolve_run_dir(path: str | Path) -> Path:
     raise GenforgeError(f"no run directory {str(path)!r}; give a path or a shipped model: {shipped}")
 
 
-def load_model(run_dir: Path, device: torch.device) -> tuple[RunConfig, torch.nn.Module]:
+def checkpoint_steps(run_dir: Path) -> list[int]:
+    """Steps of the complete resume points kept under ``train_state/`` (oldest first)."""
+    root = Path(run_dir) / STATE_DIR
+    steps = []
+    for d in root.glob("step_*") if root.is_dir() else []:
+        if (d / "state.json").is_file() and d.name[5:].isdigit():
+            steps.append(int(d.name[5:]))
+    return sorted(steps)
+
+
+def weights_path(run_dir: Path, step: int | None = None) -> Path:
+    """The weights to run: ``model.safetensors``, or those of the resume point at ``step``. A resume
+    point keeps the raw and the EMA weights; like the final model.safetensors it prefers the EMA."""
+    if step is None:
+        return Path(run_dir) / "model.safetensors"
+    state = Path(run_dir) / STATE_DIR / f"step_{step:08d}"
+    if step < 0 or not (state / "state.json").is_file():
+        kept = ", ".join(map(str, checkpoint_steps(run_dir))) or "none (the run has no train_state/)"
+        raise GenforgeError(f"{run_dir} has no checkpoint for step {step}; available steps: {kept}")
+    ema = state / "ema.safetensors"
+    return ema if ema.is_file() else state / "model.safetensors"
+
+
+def load_model(run_dir: Path, device: torch.device,
+               step: int | None = None) -> tuple[RunConfig, torch.nn.Module]:
     cfg = config_from_json(run_dir / "config.json")
+    weights = weights_path(run_dir, step)  # a missing step fails before the model is built
     try:
         model = build_model(cfg.model.name, **cfg.model.params)
     except (TypeError, ValueError) as e:
         raise GenforgeError(f"{run_dir}/config.json describes a model that cannot be built: {e}") from None
-    load_weights(model, run_dir / "model.safetensors")
+    load_weights(model, weights)
     return cfg, model.to(device).eval()
 
 
@@ -55,13 +80,15 @@ class Pipeline:
         return f"{type(self).__name__}({str(self.run_dir)!r}, model={self.cfg.model.name!r})"
 
 
-def load_pipeline(path: str | Path, device: str = "auto") -> Pipeline:
+def load_pipeline(path: str | Path, device: str = "auto", step: int | None = None) -> Pipeline:
+    """The pipeline for a run directory; ``step`` picks a kept checkpoint (train_state/step_N)
+    instead of the final weights."""
     from .classify import ClassifierPipeline
     from .image import ImagePipeline
 
     run_dir = resolve_run_dir(path)
     dev = pick_device(device)
-    cfg, model = load_model(run_dir, dev)
+    cfg, model = load_model(run_dir, dev, step)
     by_task = {"gan": ImagePipeline, "diffusion": ImagePipeline, "classify": ClassifierPipeline}
     if cfg.task not in by_task:
         raise GenforgeError(f"no pipeline for task {cfg.task!r}; known: {', '.join(by_task)}")
