@@ -78,12 +78,16 @@ def sample(
     run_dir: str = typer.Argument(..., help="Run directory or shipped model name."),
     n: int = typer.Option(16, "-n", help="Number of images."),
     seed: int = typer.Option(0, help="Same seed, same images."),
-    steps: int = typer.Option(25, help="Denoising steps (diffusion)."),
-    sampler: str = typer.Option("dpm++", help="ddpm, ddim, dpm++ or dpm++sde (diffusion)."),
-    guidance: float = typer.Option(1.0, help="Classifier-free guidance scale (conditional diffusion)."),
-    labels: Optional[str] = typer.Option(None, help="Comma-separated class names or indices."),
+    steps: Optional[int] = typer.Option(None, help="Denoising steps (diffusion; default 25)."),
+    sampler: Optional[str] = typer.Option(None, help="ddpm, ddim, dpm++ or dpm++sde (diffusion; default dpm++)."),
+    guidance: Optional[float] = typer.Option(None, help="Classifier-free guidance scale (class-conditional "
+                                             "diffusion; default 1: none; 0 ignores the labels)."),
+    labels: Optional[str] = typer.Option(None, help="Comma-separated class names (any case) or indices."),
     grid: Optional[Path] = typer.Option(None, help="Write one PNG grid here."),
     out_dir: Optional[Path] = typer.Option(None, "--out-dir", help="Write one PNG per image here."),
+    nrow: Optional[int] = typer.Option(None, "--nrow", min=1, help="Images per grid row (default: square; "
+                                       "a class-conditional model's grid puts one class on each row)."),
+    scale: int = typer.Option(1, "--scale", min=1, max=16, help="Enlarge each grid pixel to scale x scale."),
     device: str = typer.Option("auto"),
     step: Optional[int] = typer.Option(None, "--step", help="Use the checkpoint kept at this training "
                                        "step (train_state/) instead of the final weights."),
@@ -101,12 +105,26 @@ def sample(
     pipe = load(run_dir, device=device, step=step)
     if not isinstance(pipe, ImagePipeline):
         raise GenforgeError(f"{run_dir} is a {pipe.cfg.task!r} run; sample needs a gan or diffusion run")
+    ignored = [f"--{name}" for name, v in (("steps", steps), ("sampler", sampler), ("guidance", guidance))
+               if v is not None and (pipe.kind == "gan" or (name == "guidance" and not pipe.conditional))]
+    if ignored:
+        why = "a GAN makes its images in one pass" if pipe.kind == "gan" else "guidance needs a class-conditional model"
+        typer.echo(f"warning: {', '.join(ignored)} ignored: {why}", err=True)
     lab = [x.strip() for x in labels.split(",")] if labels else None
-    images = to_uint8(pipe.generate(n=n, seed=seed, steps=steps, sampler=sampler, labels=lab,
-                                    guidance=guidance))
+    from .train.logging import step_progress
+
+    with step_progress("sample", n_chunks=-(-n // 64), enabled=pipe.kind == "diffusion") as report:
+        images = to_uint8(pipe.generate(n=n, seed=seed, steps=25 if steps is None else steps,
+                                        sampler=sampler or "dpm++", labels=lab,
+                                        guidance=1.0 if guidance is None else guidance, progress=report))
     written = []
     if grid is not None:
-        _atomic_png(make_grid(images), grid)
+        k = pipe.model.num_classes if pipe.conditional else 0
+        if k and lab is None and nrow is None and n % k == 0:
+            # generate() cycles through the classes; regroup so each row is one class
+            order = sorted(range(n), key=lambda i: (i % k, i))
+            images, nrow = images[order], n // k
+        _atomic_png(make_grid(images, nrow=nrow, scale=scale), grid)
         written.append(str(grid))
     if out_dir is not None:
         from .data.transforms import to_pil_list

@@ -124,3 +124,20 @@ def test_tensorboard_keeps_every_step_once_across_a_crash_and_resume(tmp_path):
     ea = EventAccumulator(str(run / "tb"))
     ea.Reload()
     assert [e.step for e in ea.Scalars("loss_d")] == list(range(1, 9))
+
+
+def test_sample_shows_progress_warns_about_ignored_options_and_lays_out_classes(tmp_path):
+    from PIL import Image
+
+    env = {k: v for k, v in os.environ.items() if k != "GENFORGE_NO_PROGRESS"}
+    res = subprocess.run([sys.executable, "-m", "genforge.cli", "sample", "diffusion-fashion-cond", "-n", "20",
+                          "--steps", "2", "--grid", str(tmp_path / "g.png")], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "sample 2/2 (100%)" in res.stderr  # 20 images are one batch of 2 denoising steps
+    assert Image.open(tmp_path / "g.png").size == (2 + 2 * 34, 2 + 10 * 34)  # a row per class, 2 each
+    res = subprocess.run([sys.executable, "-m", "genforge.cli", "sample", "dcgan-fashion", "-n", "2", "--steps", "5",
+                          "--guidance", "3", "--grid", str(tmp_path / "d.png"), "--scale", "3"], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and "warning: --steps, --guidance ignored: a GAN" in res.stderr
+    assert Image.open(tmp_path / "d.png").size == (2 + 2 * (96 + 2), 2 + 96 + 2)

@@ -89,7 +89,11 @@ def fid_for_run(run_dir: str, data: Optional[str] = None, data_path: Optional[st
     else:
         net = default_feature_net(dcfg.name, device, dcfg, labelled=ref.num_classes > 0)
     t0 = time.time()
-    fake = to_uint8(pipe.generate(n=n, seed=seed, steps=steps, sampler=sampler, guidance=guidance))
+    from ..train.logging import step_progress
+
+    with step_progress("generate", n_chunks=-(-n // 64), enabled=pipe.kind == "diffusion") as report:
+        fake = to_uint8(pipe.generate(n=n, seed=seed, steps=steps, sampler=sampler, guidance=guidance,
+                                      progress=report))
     gen_s = time.time() - t0
     with torch.no_grad():
         f_real = net.features(ref.images)

@@ -7,6 +7,7 @@ import math
 import os
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +44,41 @@ class PlainProgress:
         print(f"{self.label} {completed}/{self.total} ({pct:.0f}%) {rate:.2f} it/s eta {_clock(eta)} {info}".rstrip(),
               file=self.stream, flush=True)
         self._last_step, self._last_t = completed, now
+
+
+@contextmanager
+def step_progress(label: str, n_chunks: int = 1, enabled: bool = True):
+    """A ``progress(step, total)`` callback for a sampler that runs ``n_chunks`` times (batches),
+    shown on stderr like training's progress; yields None when disabled or progress is off."""
+    if not enabled or os.environ.get("GENFORGE_NO_PROGRESS"):
+        yield None
+        return
+    console = Console(stderr=True)
+    state = {"chunk": 0, "last": -1, "bar": None}
+
+    def report(step: int, total: int) -> None:
+        if state["bar"] is None:
+            whole = total * n_chunks
+            if console.is_terminal:
+                bar = Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(),
+                               TimeRemainingColumn(), console=console, transient=True)
+                task = bar.add_task(label, total=whole)
+                bar.start()
+                state["bar"] = ("rich", bar, task)
+            else:
+                state["bar"] = ("plain", PlainProgress(label, whole), None)
+        if step < state["last"]:
+            state["chunk"] += 1
+        state["last"] = step
+        done = state["chunk"] * total + step  # samplers report steps 1..total
+        kind, bar, task = state["bar"]
+        bar.update(task, completed=done) if kind == "rich" else bar.update(done)
+
+    try:
+        yield report
+    finally:
+        if state["bar"] is not None and state["bar"][0] == "rich":
+            state["bar"][1].stop()
 
 
 class Logger:
