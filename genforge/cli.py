@@ -192,6 +192,7 @@ def info(run_dir: str = typer.Argument(..., help="Run directory or shipped model
         "run_dir": str(path), "task": cfg.task, "model": cfg.model.name,
         "params": sum(p.numel() for p in model.parameters()),
         "data": cfg.data.name, "image_size": cfg.data.image_size,
+        "classes": cfg.class_names if cfg.task == "classify" or getattr(model, "num_classes", 0) else None,
         "steps": cfg.train.steps, "last_checkpoint": state.name if state else None,
         "last_metrics": metrics[-1] if metrics else None, "recipe": cfg.recipe, "notes": cfg.notes,
     })
@@ -208,7 +209,16 @@ def list_models():
     from .registry import DATASETS, FEATURE_NETS, MODELS, TASKS
     from .tasks import classify, diffusion as _diffusion, gan as _gan  # noqa: F401  (register the tasks)
 
-    _echo_json({"shipped": shipped_models(), "recipes": sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")),
+    from .config import config_from_json
+    from .pipelines import resolve_run_dir
+
+    classes = {}
+    for name in shipped_models():  # what labels (any case) or prompts each shipped model takes
+        cfg = config_from_json(resolve_run_dir(name) / "config.json")
+        if cfg.task == "classify" or cfg.model.params.get("num_classes"):
+            classes[name] = cfg.class_names
+    _echo_json({"shipped": shipped_models(), "classes": classes,
+                "recipes": sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")),
                 "models": MODELS.names(), "tasks": TASKS.names(), "datasets": DATASETS.names(),
                 "feature_nets": FEATURE_NETS.names()})
 

@@ -141,3 +141,13 @@ def test_sample_shows_progress_warns_about_ignored_options_and_lays_out_classes(
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0 and "warning: --steps, --guidance ignored: a GAN" in res.stderr
     assert Image.open(tmp_path / "d.png").size == (2 + 2 * (96 + 2), 2 + 96 + 2)
+
+
+def test_class_names_are_listed_by_info_and_models(cli):
+    code, out, _ = cli("info", "diffusion-fashion-cond")
+    assert code == 0 and "Sneaker" in json.loads(out)["classes"]
+    code, out, _ = cli("info", "diffusion-fashion")
+    assert json.loads(out)["classes"] is None  # unconditional: it takes no labels
+    code, out, _ = cli("models")
+    listing = json.loads(out)["classes"]
+    assert "Sneaker" in listing["diffusion-fashion-cond"] and "diffusion-fashion" not in listing
