@@ -12,11 +12,15 @@ speaks HTTP/1.1 over raw asyncio streams to keep that small (--client httpx for 
     python bench/serve_load.py [--model RUN_DIR_OR_SHIPPED] [--concurrency 1,8,32]
         [--batch-sizes 16,1] [--duration 20] [--n 1] [--steps 10] [--sampler dpm++]
     python bench/serve_load.py --soak 10000 [--soak-concurrency 8] [--name serve_soak]
+    python bench/serve_load.py --abuse [--abuse-seconds 30] [--slow-conns 300] [--uploads 30] [--nofile 300]
 
 --soak N: one server (batching on, --max-batch-size 16), --soak-warmup requests, then exactly N
 requests; the server process's RSS (/proc/PID/status) is sampled after warm-up and every
 --rss-every seconds, and the result gives RSS after warm-up, peak, final and growth %, errors by
 status, req/s and latency percentiles.
+
+--abuse: one server (a shipped generator and classifier, open-file limit --nofile) under slow
+connections, big uploads and abandoned requests at once; see serve_abuse.py for what it reports.
 
 Without --model it serves a randomly initialised DCGAN of the shipped recipe's size (z 100,
 width 64, 32x32), which costs the same per image as a trained one. For diffusion models each
@@ -111,15 +115,21 @@ def batch_delta(before: dict[str, float], after: dict[str, float]) -> dict:
 
 class Server:
     def __init__(self, model: str, port: int, keys: Path, db: Path, batch: int, wait_ms: float, threads: int,
-                 wait_fraction: float):
-        cmd = [sys.executable, "-m", "genforge.cli", "serve", model, "--port", str(port),
+                 wait_fraction: float, extra_args: tuple[str, ...] = (), nofile: int | None = None):
+        cmd = [sys.executable, "-m", "genforge.cli", "serve", model, *extra_args, "--port", str(port),
                "--max-batch-size", str(batch), "--max-wait-ms", str(wait_ms), "--wait-fraction", str(wait_fraction),
                "--queue-size", "4096",
                "--rate-limit", "0", "--keys", str(keys), "--jobs-url", f"sqlite:///{db}",
                "--threads", str(threads), "--log-level", "warning"]
         self.url = f"http://127.0.0.1:{port}"
         self.log = open(db.with_suffix(".log"), "w")
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
+        limit = None
+        if nofile is not None:  # the server's open-file limit, as a small container would set it
+            import resource
+
+            def limit() -> None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, preexec_fn=limit)
         self.pid = self.proc.pid  # the server itself: python runs genforge.cli with no shell between
 
     def wait_ready(self, timeout: float = 120.0) -> None:
@@ -372,10 +382,20 @@ def main() -> None:
     ap.add_argument("--soak-warmup", type=int, default=500, help="Requests before the RSS baseline.")
     ap.add_argument("--soak-batch-size", type=int, default=16, help="--max-batch-size in soak mode.")
     ap.add_argument("--rss-every", type=float, default=1.0, help="Seconds between RSS samples (soak).")
+    ap.add_argument("--abuse", action="store_true", help="Abuse mode: slow connections, big uploads and "
+                    "abandoned requests at once against one server (see serve_abuse.py).")
+    ap.add_argument("--abuse-seconds", type=float, default=30.0, help="How long the attacks run (at most 120).")
+    ap.add_argument("--abuse-models", default="diffusion-fashion,classifier-fashion",
+                    help="Generator,classifier the abused server serves.")
+    ap.add_argument("--slow-conns", type=int, default=300, help="Slow or silent connections (at most 2000).")
+    ap.add_argument("--uploads", type=int, default=30, help="Concurrent big uploads per round (at most 100).")
+    ap.add_argument("--upload-rounds", type=int, default=3)
+    ap.add_argument("--nofile", type=int, default=300, help="The abused server's open-file limit.")
+    ap.add_argument("--max-decodes", type=int, default=0, help="The abused server's --max-decodes.")
     ap.add_argument("--name", default=None, help="Result file: bench/results/NAME.json "
-                    "(default serve_load, or serve_soak with --soak).")
+                    "(default serve_load, serve_soak with --soak, serve_abuse with --abuse).")
     args = ap.parse_args()
-    name = args.name or ("serve_soak" if args.soak else "serve_load")
+    name = args.name or ("serve_soak" if args.soak else "serve_abuse" if args.abuse else "serve_load")
     duration = min(args.duration, 60.0)
     concurrency = [int(x) for x in args.concurrency.split(",")]
     batch_sizes = [int(x) for x in args.batch_sizes.split(",")]
@@ -392,6 +412,30 @@ def main() -> None:
         meta = {"model": args.model or "random dcgan z100 w64 32x32", "request": body,
                 "max_wait_ms": args.max_wait_ms, "wait_fraction": args.wait_fraction, "client": args.client,
                 "cpu_count": os.cpu_count()}
+        if args.abuse:
+            gen_model, clf_model = args.abuse_models.split(",")
+            _, both = store.create("bench-abuse", "generate,classify")
+            server = Server(gen_model, _free_port(), root / "keys.json", root / "jobs-abuse.db", 16,
+                            args.max_wait_ms, args.threads, args.wait_fraction,
+                            extra_args=(clf_model, "--max-decodes", str(args.max_decodes)),
+                            nofile=args.nofile)
+            try:
+                server.wait_ready()
+                from serve_abuse import run_abuse
+
+                abuse = asyncio.run(run_abuse(server, both, Path(gen_model).name, min(args.abuse_seconds, 120.0),
+                                              min(args.slow_conns, 2000), args.upload_rounds,
+                                              min(args.uploads, 100), 1600))
+            finally:
+                server.stop()
+            h, hc = abuse["healthz_under_attack"], abuse["healthz_calm"]
+            print(f"\nabuse: /healthz p50 {h['p50_ms']} p99 {h['p99_ms']} ms under attack (calm: p99 "
+                  f"{hc['p99_ms']} ms), failures {abuse['healthz_failures']}; 5xx {abuse['five_xx']}; "
+                  f"server RSS ready {abuse['rss_ready_mb']} MB, peak {abuse['rss_peak_mb']} MB; "
+                  f"small generation p99 {abuse['small_generation']['p99_ms']} ms\n")
+            save(name, {"models": [gen_model, clf_model], "nofile": args.nofile, "cpu_count": os.cpu_count(),
+                        "abuse": abuse})
+            return
         if args.soak:
             server = Server(model, _free_port(), root / "keys.json", root / "jobs-soak.db", args.soak_batch_size,
                             args.max_wait_ms, args.threads, args.wait_fraction)

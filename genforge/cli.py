@@ -105,8 +105,11 @@ def sample(
     pipe = load(run_dir, device=device, step=step)
     if not isinstance(pipe, ImagePipeline):
         raise GenforgeError(f"{run_dir} is a {pipe.cfg.task!r} run; sample needs a gan or diffusion run")
-    ignored = [f"--{name}" for name, v in (("steps", steps), ("sampler", sampler), ("guidance", guidance))
-               if v is not None and (pipe.kind == "gan" or (name == "guidance" and not pipe.conditional))]
+    given = {"steps": steps is not None, "sampler": sampler is not None, "guidance": guidance is not None}
+    steps, sampler = 25 if steps is None else steps, sampler or "dpm++"
+    pipe.check_sampling(steps, sampler, 1.0 if guidance is None else guidance, seed)  # errors before warnings
+    ignored = [f"--{name}" for name, v in given.items()
+               if v and (pipe.kind == "gan" or (name == "guidance" and not pipe.conditional))]
     if ignored:
         why = "a GAN makes its images in one pass" if pipe.kind == "gan" else "guidance needs a class-conditional model"
         typer.echo(f"warning: {', '.join(ignored)} ignored: {why}", err=True)
@@ -114,8 +117,7 @@ def sample(
     from .train.logging import step_progress
 
     with step_progress("sample", n_chunks=-(-n // 64), enabled=pipe.kind == "diffusion") as report:
-        images = to_uint8(pipe.generate(n=n, seed=seed, steps=25 if steps is None else steps,
-                                        sampler=sampler or "dpm++", labels=lab,
+        images = to_uint8(pipe.generate(n=n, seed=seed, steps=steps, sampler=sampler, labels=lab,
                                         guidance=1.0 if guidance is None else guidance, progress=report))
     written = []
     if grid is not None:
@@ -286,6 +288,21 @@ def _key_store(store: Optional[Path]):
     return KeyStore(store or default_keys_path())
 
 
+def _jobs_url(url: Optional[str], path: Optional[Path]) -> Optional[str]:
+    if path is None:
+        return url
+    if url is not None:
+        raise GenforgeError("give the jobs database URL one way: --jobs-url (or GENFORGE_JOBS_URL) or "
+                            "--jobs-url-file")
+    try:
+        lines = path.read_text().strip().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise GenforgeError(f"cannot read --jobs-url-file {path}: {getattr(e, 'strerror', None) or e}") from None
+    if not lines:
+        raise GenforgeError(f"--jobs-url-file {path} is empty; write the jobs database URL on its first line")
+    return lines[0].strip()
+
+
 @app.command()
 def serve(
     models: List[str] = typer.Argument(None, help="Run directories or shipped model names "
@@ -300,8 +317,12 @@ def serve(
                                         "model's recent forward time, so fast models are not slowed "
                                         "(100: always the full --max-wait-ms)."),
     queue_size: int = typer.Option(64, "--queue-size", help="Waiting requests per model before 503."),
-    jobs_url: Optional[str] = typer.Option(None, "--jobs-url", help="SQLAlchemy URL of the jobs database "
-                                           "(default: sqlite:///~/.genforge/jobs.db)."),
+    jobs_url: Optional[str] = typer.Option(None, "--jobs-url", envvar="GENFORGE_JOBS_URL",
+                                           help="SQLAlchemy URL of the jobs database (default: "
+                                           "sqlite:///~/.genforge/jobs.db). Arguments show in `ps`: give a "
+                                           "URL with a password in the environment or --jobs-url-file."),
+    jobs_url_file: Optional[Path] = typer.Option(None, "--jobs-url-file", help="Read the jobs database URL "
+                                                 "from this file (its first line)."),
     keys: Optional[Path] = typer.Option(None, "--keys", help=_KEYS_HELP),
     rate_limit: float = typer.Option(20.0, "--rate-limit", help="Requests per second per key (0: off)."),
     rate_burst: int = typer.Option(40, "--rate-burst", help="Requests a key may send at once."),
@@ -314,6 +335,19 @@ def serve(
     workers: int = typer.Option(1, "--workers", min=1, max=64, help="Server processes on this port, each "
                                 "with its own copy of the models; they share only the jobs database."),
     log_level: str = typer.Option("info", "--log-level"),
+    max_request_cost: int = typer.Option(1600, "--max-request-cost", help="Images x steps one request "
+                                         "may cost (GANs: images); larger ones are refused with a pointer "
+                                         "to /v1/jobs."),
+    header_timeout: float = typer.Option(10.0, "--header-timeout", help="Seconds a connection may take to "
+                                         "send a request's headers (from connecting or the last response)."),
+    body_timeout: float = typer.Option(60.0, "--body-timeout", help="Seconds a request's body may take "
+                                       "to arrive after its headers."),
+    keep_alive_timeout: int = typer.Option(5, "--keep-alive-timeout", help="Seconds an idle keep-alive "
+                                           "connection stays open."),
+    max_connections: int = typer.Option(1000, "--max-connections", help="Open connections per process "
+                                        "(also kept below the open-file limit)."),
+    max_decodes: int = typer.Option(0, "--max-decodes", help="Uploads decoded at once (0: CPU cores less "
+                                    "one, 1 to 4)."),
 ):
     """Serve models over HTTP: OpenAI-style API under /v1, web page at /, docs at /docs."""
     import ipaddress
@@ -340,22 +374,31 @@ def serve(
             raise GenforgeError(f"{seen[run_dir.name]} and {m} are both named {run_dir.name!r}; model ids are "
                                 "run directory names, so serve directories with different names")
         seen[run_dir.name] = m
+    jobs_url = _jobs_url(jobs_url, jobs_url_file)
     try:
         settings = Settings(models=list(models or []), device=device, threads=threads,
                             max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, wait_fraction=wait_fraction,
                             queue_size=queue_size,
                             jobs_url=jobs_url, rate_limit=rate_limit, rate_burst=rate_burst,
                             redact_inputs=redact_inputs, metrics_open=metrics_open,
+                            max_request_cost=max_request_cost, header_timeout=header_timeout,
+                            body_timeout=body_timeout, keep_alive_timeout=keep_alive_timeout,
+                            max_connections=max_connections, max_decodes=max_decodes,
                             **({"keys_path": keys} if keys else {}))
     except ValidationError as e:
         err = e.errors()[0]
         raise GenforgeError(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}") from None
+    from .serve.jobs import JobStore, fernet_from_env
+
+    # a bad jobs URL, database or GENFORGE_JOBS_KEY is a one-line error now, not a traceback at startup
+    JobStore(settings.resolved_jobs_url(), fernet_from_env()).close()
     import uvicorn
 
+    from .serve import connections
     from .serve.app import LOG_LEVEL_ENV, SETTINGS_ENV, create_app
     from .serve.observability import configure_logging
 
-    configure_logging(log_level.upper())
+    configure_logging(log_level.upper(), redact=settings.redact_inputs)
     try:
         loopback = ipaddress.ip_address(host).is_loopback
     except ValueError:
@@ -365,8 +408,11 @@ def serve(
                    "use --ssl-certfile/--ssl-keyfile or a TLS proxy", err=True)
     common = dict(host=host, port=port, log_config=None, access_log=False, log_level=log_level.lower(),
                   timeout_graceful_shutdown=10, ssl_certfile=str(ssl_certfile) if ssl_certfile else None,
-                  ssl_keyfile=str(ssl_keyfile) if ssl_keyfile else None)
+                  ssl_keyfile=str(ssl_keyfile) if ssl_keyfile else None, server_header=False,
+                  http=connections.PROTOCOL, timeout_keep_alive=settings.keep_alive_timeout,
+                  backlog=connections.BACKLOG)
     if workers == 1:
+        connections.configure(settings.header_timeout, settings.body_timeout, settings.max_connections)
         uvicorn.run(create_app(settings), **common)
     else:  # uvicorn starts each worker from an import string; the settings travel in the environment
         os.environ[SETTINGS_ENV] = settings.model_dump_json()
@@ -383,6 +429,10 @@ def keys_create(
     store: Optional[Path] = typer.Option(None, "--store", help=_KEYS_HELP),
 ):
     """Create a key; it is printed once (stdout) and stored only as a salted hash."""
+    import math
+
+    if rate_limit is not None and not math.isfinite(rate_limit):  # NaN slips past the >= 0 check
+        raise GenforgeError(f"--rate-limit must be a finite number of requests per second, got {rate_limit}")
     ks = _key_store(store)
     rec, key = ks.create(name, scopes, rate_limit)
     typer.echo(f"created key {rec.id} ({rec.name}; scopes {','.join(rec.scopes)}) in {ks.path}. "

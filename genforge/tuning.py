@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
@@ -37,3 +38,21 @@ def tune_malloc() -> bool:
             continue
         ok &= bool(mallopt(ctypes.c_int(param), ctypes.c_int(min(value, 2**31 - 1))))
     return ok
+
+
+def malloc_trim() -> bool:
+    """Give freed heap memory back to the OS now. The thresholds above keep freed buffers for reuse,
+    which suits training's same-sized tensors; a server that just decoded a large upload would
+    otherwise keep that peak for good (each worker thread holds its own malloc arena)."""
+    libc = _libc()
+    trim = getattr(libc, "malloc_trim", None)
+    return bool(trim(ctypes.c_size_t(0))) if trim is not None else False
+
+
+@functools.lru_cache(maxsize=1)
+def _libc():
+    name = ctypes.util.find_library("c")  # runs ldconfig: once per process, not per call
+    try:
+        return ctypes.CDLL(name) if name else None
+    except OSError:
+        return None

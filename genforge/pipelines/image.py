@@ -1,6 +1,9 @@
 """Image generation from GAN and diffusion run directories."""
 from __future__ import annotations
 
+import math
+import numbers
+import re
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -10,6 +13,9 @@ from ..data.transforms import to_pil_list, to_uint8
 from ..errors import GenforgeError
 from ..models.diffusion import SAMPLERS
 from . import Pipeline
+
+# torch seeds take up to 2**64 - 1; the sampler seeds chunk i with seed + i, so stay well below
+MAX_SEED = 2**63 - 1
 
 
 class ImagePipeline(Pipeline):
@@ -31,20 +37,44 @@ class ImagePipeline(Pipeline):
         k = self.model.num_classes
         if not labels:
             return torch.arange(n) % k
-        out = []
-        for lab in labels:
-            if isinstance(lab, str) and not lab.isdigit():
-                if lab not in self.class_names:
-                    raise GenforgeError(f"unknown label {lab!r}; choose from: {', '.join(self.class_names)}")
-                out.append(self.class_names.index(lab))
-            else:
-                i = int(lab)
-                if not 0 <= i < k:
-                    raise GenforgeError(f"label {i} out of range; this model has classes 0..{k - 1}")
-                out.append(i)
+        out = [self.class_index(lab) for lab in labels]
         return torch.tensor(out * (n // len(out) + 1))[:n]
 
-    def check_sampling(self, steps: int, sampler: str) -> None:
+    def class_index(self, value: int | str, what: str = "label") -> int:
+        """The class index a user means by ``value``: an index as an int or ASCII decimal text, or a
+        class name (case-insensitive). The one place labels are read, so the CLI, every API route
+        and jobs refuse the same things with the same message."""
+        names, k = self.class_names, self.model.num_classes
+        i: Optional[int] = None
+        if isinstance(value, str):
+            text = value.strip()
+            folded = [name.casefold() for name in names]
+            if text in names:
+                i = names.index(text)
+            elif folded.count(text.casefold()) == 1:
+                i = folded.index(text.casefold())
+            elif re.fullmatch(r"[0-9]{1,9}", text):  # not str.isdigit(): that takes '²', which int() refuses
+                i = int(text)
+        elif isinstance(value, int) and not isinstance(value, bool):
+            i = value
+        if i is not None and 0 <= i < k:
+            return i
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:36] + "...'"
+        choices = f"an index 0..{k - 1}"
+        if names:
+            choices = f"a class name ({', '.join(names)}) or " + choices
+        problem = "is out of range" if i is not None else "is not a class of this model"
+        raise GenforgeError(f"{what} {shown} {problem}; give {choices}")
+
+    def check_sampling(self, steps: int, sampler: str, guidance: float = 1.0, seed: int = 0) -> None:
+        """Refuse what would fail deep in torch or quietly make black images (a NaN guidance)."""
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed <= MAX_SEED:
+            shown = str(seed) if len(str(seed)) <= 30 else str(seed)[:27] + "..."
+            raise GenforgeError(f"seed must be a whole number from 0 to {MAX_SEED} (2**63 - 1), got {shown}")
+        if isinstance(guidance, bool) or not isinstance(guidance, numbers.Real) \
+                or not math.isfinite(guidance) or guidance < 0:
+            raise GenforgeError(f"guidance must be a finite number of at least 0 (1: no guidance), "
+                                f"got {guidance}")
         if self.kind == "diffusion":
             if sampler not in SAMPLERS:
                 raise GenforgeError(f"unknown sampler {sampler!r}; choose one of: {', '.join(SAMPLERS)}")
@@ -70,7 +100,7 @@ class ImagePipeline(Pipeline):
         """Float images in [-1, 1], (n, C, H, W), on the CPU."""
         if n < 1:
             raise GenforgeError(f"n must be at least 1, got {n}")
-        self.check_sampling(steps, sampler)
+        self.check_sampling(steps, sampler, guidance, seed)
         y = self._labels(n, labels)
         # all noise is drawn up front on the CPU so results do not depend on batch size or device
         return self.generate_from_noise(self.draw_noise(n, seed), y, seed=seed, steps=steps,

@@ -1,6 +1,6 @@
 """HTTP serving: ``create_app(Settings(models=[...]))`` builds the FastAPI app that ``genforge serve``
-runs with uvicorn. See app.py for the routes, auth.py for keys, batching.py for dynamic batching and
-jobs.py for background jobs."""
+runs with uvicorn. See app.py for the routes, auth.py for keys, batching.py for dynamic batching,
+jobs.py for background jobs and connections.py for connection timeouts and limits."""
 from .settings import Settings
 
 

@@ -8,16 +8,18 @@ Every /v1 route needs ``Authorization: Bearer <key>`` (see auth.py); errors are 
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import logging
 import os
 import secrets
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Awaitable, Callable, Iterator, Optional
 
 from fastapi import Depends, FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
@@ -29,7 +31,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from .. import __version__
+from ..data.transforms import _flatten
 from ..errors import GenforgeError
+from ..tuning import malloc_trim
 from .auth import KeyRecord, KeyStore, RateLimiter, retry_after_header
 from .batching import QueueFull
 from .docs import add_docs
@@ -97,7 +101,17 @@ def _b64(pngs: list[bytes]) -> list[str]:
     return [base64.b64encode(p).decode("ascii") for p in pngs]
 
 
-def _read_image(data: bytes, max_pixels: int) -> Image.Image:
+# A decode at least this large sets _trim_due; the heap is trimmed (malloc_trim) once no upload is
+# waiting or decoding, so a burst's peak is given back to the OS. Trimming after each decode instead
+# doubled a burst's decode time: the next decode faulted the same pages back in.
+_TRIM_PIXELS = 1024 * 1024
+_trim_due = threading.Event()
+
+
+def _read_image(data: bytes, max_pixels: int, size: int = 0) -> Image.Image:
+    """Decode an upload, already shrunk to at least twice ``size`` on its shorter side when that is
+    smaller (the model resamples to ``size`` itself): a large upload costs one decode buffer for as
+    long as this call runs, not a full-size image for the rest of the request."""
     if not data:
         raise _ApiError(400, "the uploaded file is empty", "invalid_image", "image")
     try:
@@ -106,7 +120,16 @@ def _read_image(data: bytes, max_pixels: int) -> Image.Image:
         if w * h > max_pixels:
             raise _ApiError(413, f"image is {w}x{h} pixels; at most {max_pixels} pixels are accepted",
                             "image_too_large", "image")
+        if size and im.format == "JPEG":
+            im.draft(im.mode, (2 * size, 2 * size))  # JPEG decodes at 1/2 to 1/8 scale in the DCT
         im.load()
+        if w * h >= _TRIM_PIXELS:
+            _trim_due.set()
+        factor = min(im.size) // (2 * size) if size else 0
+        if factor >= 2:  # a box filter averages factor x factor blocks, as Image.reduce, in every mode
+            im = im.resize((-(-im.width // factor), -(-im.height // factor)), Image.Resampling.BOX)
+        if im.mode.startswith("I;16") or im.mode in ("I", "F"):
+            im = _flatten(im)  # to 8 bits now, on the small image: resampling lacks some 16-bit modes
     except _ApiError:
         raise
     except Image.DecompressionBombError:
@@ -117,23 +140,62 @@ def _read_image(data: bytes, max_pixels: int) -> Image.Image:
     return im
 
 
+def _check_cost(gen: ImageGenerator, n: int, steps: int, limit: int) -> None:
+    cost = gen.cost(n, steps)
+    if cost > limit:
+        raise _ApiError(422, f"n x steps = {n} x {steps} = {cost} is more than one request may ask of "
+                             f"{gen.id!r} ({limit}); lower n or steps, or send the same parameters to "
+                             "POST /v1/jobs, which runs large requests in the background",
+                        "request_too_large", "n")
+
+
+class _ClientGone(Exception):
+    pass
+
+
+async def _while_connected(request: Request, work: Awaitable[Any]) -> Any:
+    """Await ``work`` unless the client hangs up first: then cancel it (the model stops at its next
+    step) and answer 499 into the void, so logs and metrics show who left."""
+    task = asyncio.ensure_future(work)
+
+    async def hung_up() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass  # the body was read already: the next message is the disconnect
+
+    watch = asyncio.ensure_future(hung_up())
+    try:
+        await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.wait({task})  # its clean-up (the cancel flag run_batch reads) has run
+    if task.cancelled():
+        raise _ClientGone()
+    return task.result()
+
+
 SETTINGS_ENV, LOG_LEVEL_ENV = "GENFORGE_SERVE_SETTINGS", "GENFORGE_SERVE_LOG_LEVEL"
 
 
 def app_from_env() -> FastAPI:
     """The app of one worker of `genforge serve --workers N`: uvicorn imports this in every worker
     process, and the settings come from the environment the CLI set before starting them."""
+    from .connections import configure
     from .observability import configure_logging
 
-    configure_logging(os.environ.get(LOG_LEVEL_ENV, "INFO"))
-    return create_app(Settings.model_validate_json(os.environ[SETTINGS_ENV]))
+    settings = Settings.model_validate_json(os.environ[SETTINGS_ENV])
+    configure_logging(os.environ.get(LOG_LEVEL_ENV, "INFO"), redact=settings.redact_inputs)
+    configure(settings.header_timeout, settings.body_timeout, settings.max_connections)
+    return create_app(settings)
 
 
 def create_app(settings: Optional[Settings] = None) -> FastAPI:
     settings = settings or Settings()
-    keys = KeyStore(settings.keys_path)
+    keys = KeyStore(settings.keys_path, tolerant=True)  # a bad file later keeps the last good keys
     metrics = Metrics()
     state: dict[str, Any] = {"ready": False}
+    uploads = [0]  # waiting for or in a decode
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -142,6 +204,10 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
 
             torch.set_num_threads(settings.threads)
         executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="genforge-infer")
+        # Uploads decode on threads of their own: each decode holds a full-size buffer, so this bounds
+        # how many exist at once, and only these threads' malloc arenas ever hold such buffers.
+        decoder = ThreadPoolExecutor(max_workers=settings.decode_threads(), thread_name_prefix="genforge-decode")
+        state["decoder"] = decoder
         models: Models = await run_in_threadpool(load_models, settings, executor, metrics)
         for m in models:
             m.batcher.start()
@@ -150,7 +216,7 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
                            metrics=metrics)
         state.update(models=models, store=store, runner=runner)
         recovered = await runner.start()
-        if not any(not k.revoked for k in keys.list()):
+        if keys.loaded and not any(not k.revoked for k in keys.list()):
             event("no API keys yet: every /v1 request will get 401; create one with "
                   "`genforge keys create --name NAME --scopes generate,classify`", logging.WARNING,
                   keys=str(keys.path))
@@ -166,6 +232,7 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
             for m in models:
                 await m.batcher.stop()
             executor.shutdown(wait=False, cancel_futures=True)
+            decoder.shutdown(wait=False, cancel_futures=True)
             store.close()
 
     app = FastAPI(title="genforge", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
@@ -197,6 +264,11 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     @app.exception_handler(GenforgeError)
     async def _genforge_error(request: Request, e: GenforgeError):
         return JSONResponse(error_body(str(e), "invalid_value"), 422)
+
+    @app.exception_handler(_ClientGone)
+    async def _client_gone(request: Request, e: _ClientGone):
+        return JSONResponse(error_body("the client closed the connection before the answer was ready",
+                                       "client_closed_request"), 499)
 
     @app.exception_handler(QueueFull)
     async def _queue_full(request: Request, e: QueueFull):
@@ -234,20 +306,35 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
 
     @app.exception_handler(Exception)
     async def _crash(request: Request, e: Exception):
-        logging.getLogger("genforge.serve").exception("unhandled error")
+        # ObserveMiddleware logs and answers route errors; what still gets here (an error after the
+        # response started, or in that middleware) is re-raised by Starlette and logged by the server.
         return JSONResponse(error_body("internal server error; see the server log", "internal_error",
                                        "server_error"), 500)
 
     # -- operators -------------------------------------------------------------------------------
     @app.get("/healthz", tags=["operations"])
-    def healthz() -> dict:
+    async def healthz() -> dict:  # on the event loop: no worker thread to wait for when they are all busy
         return {"status": "ok"}
 
     @app.get("/readyz", tags=["operations"])
     def readyz():
         if not state["ready"]:
             return JSONResponse({"status": "starting"}, 503)
-        return {"status": "ready", "models": [m.id for m in state["models"]]}
+        keys.reload()
+        if not keys.loaded:  # it can check no key at all: the balancer should send traffic elsewhere
+            return JSONResponse({"status": "not ready", "reason": "the API keys file cannot be read (see "
+                                 "the server log); no key is accepted until it is fixed"}, 503)
+        out: dict[str, Any] = {"status": "ready", "models": [m.id for m in state["models"]]}
+        # ready, with warnings: taking every replica that shares a bad keys file out of the balancer
+        # would stop the service, while the keys read before still work
+        warnings = ["the API keys file cannot be read (see the server log); the keys read before it "
+                    "went bad stay in force, so new or revoked keys are not seen"] if keys.error else []
+        if state["runner"].sealed_waiting:
+            warnings.append(f"{state['runner'].sealed_waiting} queued job(s) are encrypted with a "
+                            "GENFORGE_JOBS_KEY this server lacks; a server with that key runs them")
+        if warnings:
+            out["warnings"] = warnings
+        return out
 
     @app.get("/metrics", tags=["operations"], response_class=Response)
     def prometheus(request: Request):
@@ -278,7 +365,8 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
         with _param("prompt"):
             item = gen.prepare(body.n, seed, body.steps, body.sampler, body.guidance,
                                gen.label_for_prompt(body.prompt))
-        pngs = await gen.generate(item)
+        _check_cost(gen, body.n, body.steps, settings.max_request_cost)
+        pngs = await _while_connected(request, gen.generate(item))
         return {"created": int(time.time()), "data": [{"b64_json": b} for b in _b64(pngs)],
                 "model": gen.id, "seed": seed}
 
@@ -289,7 +377,8 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
         seed = _seed(body.seed)
         with _param("labels"):
             item = gen.prepare(body.n, seed, body.steps, body.sampler, body.guidance, body.labels)
-        pngs = await gen.generate(item)
+        _check_cost(gen, body.n, body.steps, settings.max_request_cost)
+        pngs = await _while_connected(request, gen.generate(item))
         return {"model": gen.id, "seed": seed, "size": f"{gen.image_size}x{gen.image_size}",
                 "images": _b64(pngs)}
 
@@ -301,7 +390,16 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
         clf: ImageClassifier = state["models"].get(model, ImageClassifier.kind)
         _note(request, settings, model=clf.id)
         data = await image.read()
-        im = await run_in_threadpool(_read_image, data, settings.max_image_pixels)
+        uploads[0] += 1
+        try:
+            im = await asyncio.get_running_loop().run_in_executor(
+                state["decoder"], _read_image, data, settings.max_image_pixels, clf.pipe.image_size)
+        finally:
+            uploads[0] -= 1
+            del data
+            if uploads[0] == 0 and _trim_due.is_set():
+                _trim_due.clear()
+                await run_in_threadpool(malloc_trim)
         return {"model": clf.id, "labels": await clf.classify(im, top_k)}
 
     @app.post("/v1/jobs", status_code=202, tags=["jobs"])
@@ -347,14 +445,19 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     app.add_middleware(_SecurityHeaders)
     app.add_middleware(AuthMiddleware, store=keys, limiter=RateLimiter(settings.rate_limit, settings.rate_burst),
                        auth_fail_rate=settings.auth_fail_rate,
+                       auth_fail_global_rate=settings.auth_fail_global_rate,
                        metrics_open=settings.metrics_open)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(ObserveMiddleware, metrics=metrics)
     return app
 
 
+_HSTS = b"max-age=31536000"
+
+
 class _SecurityHeaders:
-    """nosniff everywhere; the strict CSP on the web page and its files (the docs pages set their own)."""
+    """nosniff everywhere; the strict CSP on the web page and its files (the docs pages set their own);
+    HSTS on every answer sent over TLS."""
 
     def __init__(self, app):
         self.app = app
@@ -363,6 +466,7 @@ class _SecurityHeaders:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         page = scope["path"] == "/" or scope["path"].startswith("/web/")
+        tls = scope.get("scheme") == "https"
 
         async def with_headers(message):
             if message["type"] == "http.response.start":
@@ -370,6 +474,8 @@ class _SecurityHeaders:
                 headers.append((b"x-content-type-options", b"nosniff"))
                 if page:
                     headers += [(b"content-security-policy", _CSP.encode()), (b"referrer-policy", b"no-referrer")]
+                if tls:  # browsers then refuse a later downgrade to plain HTTP for this host
+                    headers.append((b"strict-transport-security", _HSTS))
                 message = {**message, "headers": headers}
             await send(message)
 

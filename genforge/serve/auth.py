@@ -5,6 +5,10 @@ secret's scrypt hash (per-key salt) is stored, and the key itself is printed onc
 verified key is remembered in memory as a SHA-256 digest, so scrypt runs once per key per process,
 not once per request. The file is re-read when it changes, so ``genforge keys revoke`` takes effect
 on a running server within a request.
+
+A server's store is ``tolerant``: a keys file that stops parsing (a copy caught half-way) leaves the
+last good key set in force, is logged once per version of the file and shows in ``error``; the
+``genforge keys`` commands stay strict, so they never write over a file they could not read.
 """
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ import fcntl
 import hashlib
 import hmac
 import json
+import logging
 import math
 import os
 import secrets
@@ -27,6 +32,9 @@ from ..errors import GenforgeError
 SCOPES = ("generate", "classify", "admin")
 _SCRYPT = dict(n=2**14, r=8, p=1, dklen=32)  # ~16 MiB and tens of ms per hash
 PREFIX = "gf"
+log = logging.getLogger("genforge.serve")
+# a token naming no key is checked against these, so it costs the same scrypt as one that does
+_DUMMY_SALT, _DUMMY_HASH = secrets.token_bytes(16), secrets.token_hex(32)
 
 
 def _scrypt(secret: str, salt: bytes) -> bytes:
@@ -72,10 +80,14 @@ def parse_scopes(text: str | list[str]) -> list[str]:
 
 
 class KeyStore:
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, tolerant: bool = False):
         self.path = Path(path).expanduser()
+        self.tolerant = tolerant
+        self.error: Optional[str] = None  # why the file on disk is not the key set in force
+        self.loaded = False  # a key set was read (no file counts: it holds no keys)
         self._keys: dict[str, KeyRecord] = {}
         self._stamp: Optional[tuple] = None
+        self._bad_stamp: Optional[tuple] = None
         self._verified: dict[str, bytes] = {}  # key id -> sha256 of the full key, once scrypt agreed
         self._lock = threading.Lock()
         self.reload()
@@ -88,20 +100,32 @@ class KeyStore:
             return None
         return st.st_mtime_ns, st.st_size, st.st_ino
 
-    def reload(self) -> None:
+    def reload(self, strict: Optional[bool] = None) -> None:
+        """Read the file if it changed. A bad file raises GenforgeError when ``strict`` (default: not
+        ``tolerant``); otherwise the key set in force stays and ``error`` says why."""
         stamp = self._stat()
-        if stamp == self._stamp and self._stamp is not None:
+        if stamp is not None and stamp in (self._stamp, self._bad_stamp):
             return
         keys: dict[str, KeyRecord] = {}
         if stamp is not None:
             try:
                 raw = json.loads(self.path.read_text())
                 keys = {k["id"]: KeyRecord(**k) for k in raw.get("keys", [])}
-            except (OSError, ValueError, TypeError, KeyError) as e:
-                raise GenforgeError(f"{self.path} is not a readable genforge keys file ({e}); "
-                                    "fix or remove it and create keys again") from None
+            except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
+                message = (f"{self.path} is not a readable genforge keys file ({e}); "
+                           "fix or remove it and create keys again")
+                if (not self.tolerant) if strict is None else strict:
+                    raise GenforgeError(message) from None
+                self._bad_stamp, self.error = stamp, message
+                log.error(message + ("; the keys read before stay in force" if self.loaded else
+                                     "; no key is accepted until it is fixed"),
+                          extra={"fields": {"keys": str(self.path)}})
+                return
         with self._lock:
-            self._keys, self._stamp = keys, stamp
+            if self.error is not None:
+                log.warning("keys file readable again", extra={"fields": {"keys": str(self.path)}})
+            self._keys, self._stamp, self._bad_stamp = keys, stamp, None
+            self.error, self.loaded = None, True
             self._verified = {k: v for k, v in self._verified.items()
                               if k in keys and keys[k].revoked is None}
 
@@ -113,8 +137,8 @@ class KeyStore:
         with os.fdopen(fd, "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
-                self._stamp = None
-                self.reload()
+                self._stamp = self._bad_stamp = None
+                self.reload(strict=True)
                 yield
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
@@ -183,12 +207,15 @@ class KeyStore:
         return rec, cached is not None and hmac.compare_digest(cached, digest)
 
     def verify(self, token: str) -> Optional[KeyRecord]:
-        """The key's record when ``token`` is a valid key (revoked ones included: check ``revoked``)."""
+        """The key's record when ``token`` is a valid key (revoked ones included: check ``revoked``).
+        Any well-formed token not vouched for by the cache costs one scrypt run, whether its id
+        exists or not, so the time taken does not tell an id that exists from one that does not."""
         rec, ok = self.lookup(token)
-        if rec is None or ok:
-            return rec
-        _, secret = split_key(token)  # type: ignore[misc]
-        if not hmac.compare_digest(_scrypt(secret, bytes.fromhex(rec.salt)).hex(), rec.hash):
+        parts = split_key(token)
+        if ok or parts is None:
+            return rec if ok else None
+        salt, want = (bytes.fromhex(rec.salt), rec.hash) if rec is not None else (_DUMMY_SALT, _DUMMY_HASH)
+        if not hmac.compare_digest(_scrypt(parts[1], salt).hex(), want) or rec is None:
             return None
         with self._lock:
             self._verified[rec.id] = hashlib.sha256(token.encode()).digest()
@@ -204,12 +231,17 @@ class RateLimiter:
     clock: Callable[[], float] = time.monotonic
     _buckets: dict[str, tuple[float, float]] = field(default_factory=dict)
 
+    max_keys: int = 4096  # past this many buckets, full ones (the same as none) are dropped
+
     def take(self, key: str, rate: Optional[float] = None, consume: bool = True) -> float:
         rate = self.rate if rate is None else rate
-        if rate <= 0:
-            return 0.0
+        if rate <= 0 or (not consume and key not in self._buckets):
+            return 0.0  # a peek at an unseen key stores nothing: callers may peek for every client address
         burst = max(self.burst, 1)
         now = self.clock()
+        if len(self._buckets) >= self.max_keys and key not in self._buckets:
+            self._buckets = {k: (t, at) for k, (t, at) in self._buckets.items()
+                             if t + (now - at) * rate < burst}
         tokens, last = self._buckets.get(key, (float(burst), now))
         tokens = min(float(burst), tokens + (now - last) * rate)
         if tokens >= 1.0:

@@ -20,6 +20,9 @@ has the measured effect on both). ``wait_fraction=None`` turns the bound off.
 
 The queue is bounded: past ``queue_size`` waiting requests, ``submit`` raises ``QueueFull`` at once
 (the server answers 503 with Retry-After) instead of letting latency grow without limit.
+
+A cancelled ``submit`` (its client hung up) leaves the queue at once; if its batch is already
+running, ``run_batch`` may raise ``Cancelled`` to stop early, which ends that batch like any error.
 """
 from __future__ import annotations
 
@@ -32,6 +35,10 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable, Optional, Sequence
 
 log = logging.getLogger("genforge.serve")
+
+
+class Cancelled(Exception):
+    """Raised inside ``run_batch`` (from a per-step callback) when every caller of the batch left."""
 
 
 class QueueFull(Exception):
@@ -104,7 +111,15 @@ class Batcher:
         self._waiting.append(work)
         self._gauge()
         self._wakeup.set()
-        return await work.future
+        try:
+            return await work.future
+        except asyncio.CancelledError:  # the caller left: its place in the queue goes to the next one
+            try:
+                self._waiting.remove(work)
+            except ValueError:
+                pass  # already taken into a batch, which skips it or stops at its next step
+            self._gauge()
+            raise
 
     def _gauge(self) -> None:
         if self.metrics is not None:

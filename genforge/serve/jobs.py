@@ -1,17 +1,22 @@
-"""Background jobs: a SQLAlchemy table (SQLite with WAL by default, any SQLAlchemy URL works) and
-one runner task per server that claims queued jobs one at a time.
+"""Background jobs: a SQLAlchemy table (SQLite with WAL by default, any SQLAlchemy URL works; see
+jobs_db.py) and one runner task per server that claims queued jobs one at a time.
 
 Nothing is lost to a crash. A running job carries its worker (host:pid) and a heartbeat; at startup
 and then every few seconds, running jobs whose worker is a dead process on this host, or whose
 heartbeat is stale (another host), are re-queued, and after ``max_attempts`` runs they fail with
 the reason. Claiming is a conditional UPDATE, so several servers can share one database.
 
-With ``GENFORGE_JOBS_KEY`` (a Fernet key) a job's params and results are encrypted at rest.
+With ``GENFORGE_JOBS_KEY`` (a Fernet key) a job's params and results are encrypted at rest. Each
+field records the key that sealed it (``params_key``, ``result_key``: a one-way name of the key;
+NULL for clear text), because the server that runs a job may hold another key, or none, than the
+one that queued it. A server claims only jobs whose params it can open and leaves the others queued
+for a server with their key; reading a field it cannot open is a message, never an error.
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -20,37 +25,23 @@ import socket
 import time
 from typing import Any, Awaitable, Callable, Optional
 
-from sqlalchemy import (Boolean, Column, Float, Integer, LargeBinary, MetaData, String, Table, Text,
-                        create_engine, event, select, text, update)
-from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
-from sqlalchemy.pool import StaticPool
+from sqlalchemy import and_, func, not_, or_, select, update
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 
 from ..errors import GenforgeError
+from .jobs_db import _driver_url, check_url, create_tables, jobs, make_engine, metadata  # noqa: F401
 
 log = logging.getLogger("genforge.serve")
 STATUSES = ("queued", "running", "succeeded", "failed")
 
-metadata = MetaData()
-jobs = Table(
-    "genforge_jobs", metadata,
-    Column("id", String(40), primary_key=True),
-    Column("type", String(32), nullable=False),
-    Column("model", String(200), nullable=False),
-    Column("owner", String(64), nullable=False),
-    Column("status", String(16), nullable=False, index=True),
-    Column("progress", Float, nullable=False, default=0.0),
-    Column("params", LargeBinary, nullable=False),
-    Column("result", LargeBinary),
-    Column("encrypted", Boolean, nullable=False, default=False),
-    Column("error", Text),
-    Column("attempts", Integer, nullable=False, default=0),
-    Column("worker", String(200)),
-    Column("created", Float, nullable=False),
-    Column("started", Float),
-    Column("finished", Float),
-    Column("heartbeat", Float),
-)
+_FERNET_PREFIX = b"gAAAAA"  # every Fernet token (version byte 0x80, then a timestamp); no JSON starts so
+
+
+def _key_id(fernet: Any) -> str:
+    """The name a field records for the key that sealed it: a hash, so it tells nothing of the key.
+    Fernet offers no public way to read its key back, only these two attributes (its halves)."""
+    return hashlib.sha256(b"genforge-jobs-key:" + fernet._signing_key + fernet._encryption_key).hexdigest()[:32]
 
 
 def fernet_from_env():
@@ -65,56 +56,6 @@ def fernet_from_env():
         raise GenforgeError("GENFORGE_JOBS_KEY is not a Fernet key (32 url-safe base64-encoded bytes); make "
                             "one with: python -c 'from cryptography.fernet import Fernet; "
                             "print(Fernet.generate_key().decode())'") from None
-
-
-def _driver_url(url: str) -> str:
-    """A bare postgresql:// URL means SQLAlchemy's default driver, psycopg2; when only psycopg 3 (the
-    `pg` extra) is installed, use that instead of failing on the missing module."""
-    u = make_url(url)
-    if u.drivername == "postgresql":
-        import importlib.util
-
-        if importlib.util.find_spec("psycopg2") is None and importlib.util.find_spec("psycopg") is not None:
-            return u.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
-    return url
-
-
-def create_tables(engine: Engine, attempts: int = 5) -> None:
-    """Create the jobs table once, however many servers start on a fresh database at the same time.
-    PostgreSQL serialises the check-then-create under an advisory lock; elsewhere (SQLite) a server
-    that lost the race sees "already exists" and checks again."""
-    for attempt in range(attempts):
-        try:
-            if engine.dialect.name == "postgresql":
-                with engine.begin() as conn:
-                    conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": 0x67656E66})
-                    metadata.create_all(conn)
-            else:
-                metadata.create_all(engine)
-            return
-        except DBAPIError:
-            if attempt == attempts - 1:
-                raise
-            time.sleep(0.05 * (attempt + 1))
-
-
-def make_engine(url: str) -> Engine:
-    url = _driver_url(url)
-    if url.startswith("sqlite"):
-        memory = url in ("sqlite://", "sqlite:///:memory:")
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
-                               poolclass=StaticPool if memory else None)
-
-        @event.listens_for(engine, "connect")
-        def _pragmas(conn, _record):  # WAL: readers never block the writer, and crash-safe commits
-            cur = conn.cursor()
-            if not memory:
-                cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=NORMAL")
-            cur.execute("PRAGMA busy_timeout=30000")
-            cur.close()
-        return engine
-    return create_engine(url, pool_pre_ping=True)
 
 
 def _pid_alive(worker: Optional[str]) -> bool:
@@ -133,14 +74,18 @@ def _pid_alive(worker: Optional[str]) -> bool:
 
 class JobStore:
     def __init__(self, url: str, fernet: Any = None):
+        check_url(url)
         self.url, self.fernet = url, fernet
+        self.key_id = _key_id(fernet) if fernet is not None else None
         self.worker = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        self._unopenable: set[str] = set()  # queued jobs of older servers whose key turned out not ours
         try:
             self.engine = make_engine(url)
             create_tables(self.engine)
         except SQLAlchemyError as e:
             raise GenforgeError(f"cannot open the jobs database {self.safe_url}: {e.__class__.__name__}: "
-                                f"{str(e).splitlines()[0]}") from None
+                                f"{str(e).splitlines()[0]}; check the URL and that the database is reachable "
+                                "(for SQLite, that its folder exists and is writable)") from None
         except ImportError as e:  # the URL names a driver this venv lacks
             raise GenforgeError(f"the jobs database {self.safe_url} needs the {e.name!r} module; for "
                                 f"PostgreSQL use a postgresql+psycopg:// URL and pip install 'genforge[pg]'"
@@ -153,28 +98,36 @@ class JobStore:
     def _seal(self, data: bytes) -> bytes:
         return self.fernet.encrypt(data) if self.fernet is not None else data
 
-    def _open(self, row: Any, data: Optional[bytes]) -> Optional[Any]:
+    def _open(self, data: Optional[bytes], key_id: Optional[str], what: str) -> Optional[Any]:
+        """A stored field, decrypted when sealed. Rows of older servers name no key: a Fernet token
+        is told from JSON by its first bytes (which also reads the results they sealed but
+        recorded as clear)."""
         if data is None:
             return None
-        if row.encrypted:
+        data = bytes(data)  # some drivers hand back a memoryview
+        if key_id is not None or data.startswith(_FERNET_PREFIX):
             if self.fernet is None:
-                raise GenforgeError("this job is encrypted at rest; start the server with the "
-                                    "GENFORGE_JOBS_KEY that wrote it")
+                raise GenforgeError(f"the job's {what} is encrypted with a GENFORGE_JOBS_KEY this server "
+                                    "lacks; read it from a server started with that key")
             from cryptography.fernet import InvalidToken
 
             try:
                 data = self.fernet.decrypt(data)
             except InvalidToken:
-                raise GenforgeError("this job was encrypted with another GENFORGE_JOBS_KEY") from None
-        return json.loads(data)
+                raise GenforgeError(f"the job's {what} is encrypted with another GENFORGE_JOBS_KEY than this "
+                                    "server's; read it from a server started with that key") from None
+        try:
+            return json.loads(data)
+        except ValueError:
+            raise GenforgeError(f"the job's stored {what} is not readable JSON") from None
 
     def create(self, type: str, model: str, params: dict, owner: str) -> str:
         job_id = "job_" + secrets.token_hex(12)
         with self.engine.begin() as c:
             c.execute(jobs.insert().values(
                 id=job_id, type=type, model=model, owner=owner, status="queued", progress=0.0,
-                params=self._seal(json.dumps(params).encode()), encrypted=self.fernet is not None,
-                attempts=0, created=time.time()))
+                params=self._seal(json.dumps(params).encode()), params_key=self.key_id,
+                encrypted=self.fernet is not None, attempts=0, created=time.time()))
         return job_id
 
     def row(self, job_id: str) -> Any:
@@ -184,7 +137,7 @@ class JobStore:
             return c.execute(select(jobs).where(jobs.c.id == job_id)).first()
 
     def params(self, row: Any) -> dict:
-        return self._open(row, row.params)
+        return self._open(row.params, row.params_key, "params")
 
     def public(self, row: Any, with_result: bool = True) -> dict:
         out = {"id": row.id, "object": "job", "type": row.type, "model": row.model, "status": row.status,
@@ -192,10 +145,13 @@ class JobStore:
                "created": row.created, "started": row.started, "finished": row.finished}
         try:
             out["params"] = self.params(row)
-            if with_result and row.status == "succeeded":
-                out["result"] = self._open(row, row.result)
         except GenforgeError as e:
-            out["params"], out["result_error"] = None, str(e)
+            out["params"], out["params_error"] = None, str(e)
+        if with_result and row.status == "succeeded":
+            try:
+                out["result"] = self._open(row.result, row.result_key, "result")
+            except GenforgeError as e:
+                out["result_error"] = str(e)
         return out
 
     def list(self, owner: Optional[str], limit: int = 50) -> list[Any]:
@@ -205,11 +161,39 @@ class JobStore:
         with self.engine.connect() as c:
             return list(c.execute(q))
 
-    def claim_next(self) -> Any:
-        """Atomically move the oldest queued job to running; None when there is none."""
+    def _openable(self) -> Any:
+        """Which jobs' params this store can read, as an SQL condition."""
+        if self.fernet is None:
+            return and_(jobs.c.params_key.is_(None), not_(jobs.c.encrypted))
+        cond = or_(jobs.c.params_key.is_(None), jobs.c.params_key == self.key_id)
+        return and_(cond, jobs.c.id.not_in(self._unopenable)) if self._unopenable else cond
+
+    def unopenable_queued(self) -> int:
+        """Queued jobs sealed with a key this store lacks: they wait for a server that has it."""
         with self.engine.connect() as c:
-            ids = [r.id for r in c.execute(select(jobs.c.id).where(jobs.c.status == "queued")
-                                           .order_by(jobs.c.created).limit(5))]
+            if self._unopenable:
+                self._unopenable &= {r.id for r in c.execute(select(jobs.c.id).where(
+                    jobs.c.id.in_(self._unopenable), jobs.c.status == "queued"))}
+            return c.execute(select(func.count()).select_from(jobs).where(
+                jobs.c.status == "queued", not_(self._openable()))).scalar_one()
+
+    def claim_next(self) -> Any:
+        """Atomically move the oldest queued job whose params this store can read to running; None
+        when there is none."""
+        with self.engine.connect() as c:
+            found = list(c.execute(select(jobs.c.id, jobs.c.params, jobs.c.params_key).where(
+                jobs.c.status == "queued", self._openable()).order_by(jobs.c.created).limit(5)))
+        ids = []
+        for r in found:
+            if r.params_key is None and self.fernet is not None and bytes(r.params[:6]) == _FERNET_PREFIX:
+                from cryptography.fernet import InvalidToken
+
+                try:  # sealed by an older server, which named no key: only trying tells
+                    self.fernet.decrypt(bytes(r.params))
+                except InvalidToken:
+                    self._unopenable.add(r.id)
+                    continue
+            ids.append(r.id)
         for job_id in ids:
             now = time.time()
             with self.engine.begin() as c:
@@ -229,7 +213,7 @@ class JobStore:
         with self.engine.begin() as c:
             c.execute(update(jobs).where(jobs.c.id == job_id).values(
                 status="succeeded", progress=1.0, result=self._seal(json.dumps(result).encode()),
-                finished=time.time(), error=None))
+                result_key=self.key_id, finished=time.time(), error=None))
 
     def fail(self, job_id: str, reason: str) -> None:
         with self.engine.begin() as c:
@@ -288,6 +272,7 @@ class JobRunner:
         self._active: set[str] = set()
         self._wakeup = asyncio.Event()
         self._task: Optional[asyncio.Task] = None
+        self.sealed_waiting = 0  # queued jobs sealed with a key this server lacks (for /readyz)
 
     def notify(self) -> None:
         self._wakeup.set()
@@ -296,8 +281,24 @@ class JobRunner:
         counts = await asyncio.to_thread(self.store.recover, self.max_attempts, self.stale_s)
         if any(counts.values()):
             log.warning("jobs interrupted by a stopped server", extra={"fields": counts})
+        await self._count_sealed()
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="genforge-jobs")
         return counts
+
+    async def sweep(self) -> None:
+        """Re-queue the jobs of stopped servers; count the queued jobs left for another key."""
+        await asyncio.to_thread(self.store.recover, self.max_attempts, self.stale_s, frozenset(self._active))
+        await self._count_sealed()
+
+    async def _count_sealed(self) -> None:
+        before, self.sealed_waiting = self.sealed_waiting, await asyncio.to_thread(self.store.unopenable_queued)
+        if self.sealed_waiting and not before:  # said when it starts, not on every sweep
+            have = "a different GENFORGE_JOBS_KEY" if self.store.fernet is not None else "no GENFORGE_JOBS_KEY"
+            log.warning(f"{self.sealed_waiting} queued job(s) are encrypted with a GENFORGE_JOBS_KEY this "
+                        f"server lacks (it has {have}); leaving them queued for a server that has it",
+                        extra={"fields": {"jobs": self.sealed_waiting}})
+        elif before and not self.sealed_waiting:
+            log.info("no queued job waits for another jobs key any more")
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -315,8 +316,7 @@ class JobRunner:
             try:
                 if time.monotonic() - last_sweep > min(10.0, self.stale_s / 3):
                     last_sweep = time.monotonic()
-                    await asyncio.to_thread(self.store.recover, self.max_attempts, self.stale_s,
-                                            frozenset(self._active))
+                    await self.sweep()
                 row = await asyncio.to_thread(self.store.claim_next)
             except SQLAlchemyError as e:  # database away for a moment: keep serving, try again
                 log.error("jobs database error", extra={"fields": {"error": str(e).splitlines()[0]}})

@@ -7,7 +7,9 @@ looked up in the loaded dict, so a request can name nothing on disk.
 """
 from __future__ import annotations
 
+import asyncio
 import io
+import threading
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Optional, Sequence
@@ -22,11 +24,13 @@ from ..models.diffusion import SAMPLERS
 from ..pipelines import Pipeline, load_pipeline, resolve_run_dir, shipped_models
 from ..pipelines.classify import ClassifierPipeline
 from ..pipelines.image import ImagePipeline
-from .batching import Batcher
+from .batching import Batcher, Cancelled
 from .settings import Settings
 
 KINDS: dict[type, type["ServedModel"]] = {}
 JOB_CHUNK = 64  # ImagePipeline.generate's batch size: a job's images equal generate(n, seed)'s
+# images x steps of one forward pass of a split request: a request queued behind it waits about this long
+CHUNK_COST = 400
 
 
 def serves(*pipeline_classes: type) -> Callable[[type["ServedModel"]], type["ServedModel"]]:
@@ -81,6 +85,7 @@ class GenItem:
     noise: Optional[torch.Tensor] = None  # given by jobs, which draw all their noise up front
     step_seed: Optional[int] = None
     progress: Optional[Callable[[int, int], None]] = None
+    cancel: Optional[threading.Event] = None  # set when nobody waits for the images any more
 
 
 @serves(ImagePipeline)
@@ -103,24 +108,16 @@ class ImageGenerator(ServedModel):
                 "classes": self.pipe.class_names if self.pipe.conditional else [],
                 "samplers": list(SAMPLERS) if self.pipe.kind == "diffusion" else []}
 
-    def label_for_prompt(self, prompt: Optional[str]) -> Optional[list[str]]:
+    def label_for_prompt(self, prompt: Optional[str]) -> Optional[list[int]]:
         """A class-conditional model takes a class name (or index) as its prompt; others ignore it."""
         if not prompt or not prompt.strip() or not self.pipe.conditional:
             return None
-        text = prompt.strip()
-        names = self.pipe.class_names
-        for i, name in enumerate(names):
-            if text.lower() == name.lower():
-                return [str(i)]
-        if text.isdigit() and int(text) < self.pipe.model.num_classes:
-            return [text]
-        raise GenforgeError(f"prompt {text!r} is not a class of model {self.id!r}: this model draws "
-                            f"one of: {', '.join(names)}")
+        return [self.pipe.class_index(prompt, what="prompt")]
 
     def prepare(self, n: int, seed: int, steps: int = 25, sampler: str = "dpm++", guidance: float = 1.0,
                 labels: Optional[Sequence[int | str]] = None) -> GenItem:
         """Check a request before it is queued, so one bad request cannot fail a merged batch."""
-        self.pipe.check_sampling(steps, sampler)
+        self.pipe.check_sampling(steps, sampler, guidance, seed)
         return GenItem(n, seed, self.pipe.label_tensor(n, labels), steps, sampler, guidance)
 
     def batch_key(self, item: GenItem):
@@ -132,8 +129,38 @@ class ImageGenerator(ServedModel):
             return None  # ddpm draws fresh noise every step over the whole batch: never merge
         return (item.sampler, item.steps, float(item.guidance))
 
+    def cost(self, n: int, steps: int) -> int:
+        """Images x denoising steps: what a request costs the model (a GAN image is one step)."""
+        return n * (steps if self.pipe.kind == "diffusion" else 1)
+
+    def chunk_size(self, item: GenItem) -> int:
+        """Images per forward pass when a request is split, so others queue behind one chunk, not all."""
+        # Given noise marks a job's chunk, already split. ddpm and dpm++sde draw per-step noise over the
+        # whole batch, so splitting their requests would change the images.
+        if item.noise is not None or (self.pipe.kind == "diffusion" and item.sampler in ("ddpm", "dpm++sde")):
+            return item.n
+        per = CHUNK_COST // item.steps if self.pipe.kind == "diffusion" else self.settings.max_batch_size
+        return max(1, min(item.n, self.settings.max_batch_size, per))
+
     async def generate(self, item: GenItem, force: bool = False) -> list[bytes]:
-        return await self.batcher.submit(item, item.n, self.batch_key(item), force=force)
+        """Queue ``item``, split into chunks with its noise drawn up front (same images as one piece).
+        Cancelling the caller stops the model at its next denoising step and drops the other chunks."""
+        cancel = item.cancel = item.cancel or threading.Event()
+        k = self.chunk_size(item)
+        try:
+            if k >= item.n:
+                return await self.batcher.submit(item, item.n, self.batch_key(item), force=force)
+            noise, out = self.pipe.draw_noise(item.n, item.seed), []
+            for i in range(0, item.n, k):
+                m = min(k, item.n - i)
+                chunk = GenItem(m, item.seed, item.y[i:i + m] if item.y is not None else None, item.steps,
+                                item.sampler, item.guidance, noise=noise[i:i + m], step_seed=item.seed,
+                                cancel=cancel)
+                out += await self.batcher.submit(chunk, m, None, force=force)
+            return out
+        except asyncio.CancelledError:
+            cancel.set()  # read by run_batch's step callback in the worker thread
+            raise
 
     def run_batch(self, items: Sequence[GenItem]) -> list[list[bytes]]:
         head = items[0]
@@ -147,9 +174,16 @@ class ImageGenerator(ServedModel):
             step_seed = head.seed
         ys = [it.y for it in items]
         y = torch.cat(ys) if ys[0] is not None else None
+        report = head.progress if len(items) == 1 else None
+
+        def step(i: int, total: int) -> None:
+            if all(it.cancel is not None and it.cancel.is_set() for it in items):
+                raise Cancelled(f"{self.id}: every request of this batch was cancelled at step {i}/{total}")
+            if report is not None:
+                report(i, total)
+
         x = self.pipe.generate_from_noise(noise, y, seed=step_seed, steps=head.steps, sampler=head.sampler,
-                                          guidance=head.guidance, batch_size=max(len(noise), 1),
-                                          progress=head.progress if len(items) == 1 else None)
+                                          guidance=head.guidance, batch_size=max(len(noise), 1), progress=step)
         pngs = [png_bytes(im) for im in to_pil_list(to_uint8(x))]
         out, i = [], 0
         for it in items:

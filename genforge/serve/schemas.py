@@ -6,12 +6,13 @@ from typing import Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-MAX_SEED = 2**63 - 1
+from ..pipelines.image import MAX_SEED
 Sampler = Literal["ddpm", "ddim", "dpm++", "dpm++sde"]
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: JSON "3" or true is not the integer 3 or 1 (a float field still takes an integer)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class _Sampling(_Body):

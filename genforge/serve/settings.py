@@ -13,7 +13,7 @@ def default_keys_path() -> Path:
 
 
 class Settings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # an infinite rate or timeout is a typo
 
     models: list[str] = Field(default_factory=list)  # run dirs or shipped names; empty: every shipped model
     device: str = "auto"
@@ -27,12 +27,27 @@ class Settings(BaseModel):
     keys_path: Path = Field(default_factory=default_keys_path)
     rate_limit: float = Field(20.0, ge=0)  # requests per second per key; 0 disables the limit
     rate_burst: int = Field(40, ge=1)
-    auth_fail_rate: float = Field(1.0, gt=0)  # wrong-secret checks per second per key id (burst 5)
+    auth_fail_rate: float = Field(1.0, gt=0)  # wrong-key checks per second per client address (burst 5)
+    auth_fail_global_rate: float = Field(10.0, gt=0)  # ...and from all addresses (burst: 2 s of it, at least 5)
     redact_inputs: bool = False  # keep prompts and labels out of the logs
     metrics_open: bool = False  # /metrics without the admin scope
     max_body_bytes: int = Field(8 * 2**20, ge=1024)
     max_image_pixels: int = Field(4096 * 4096, ge=1)  # larger uploads are refused (decompression bombs)
     max_job_images: int = Field(1024, ge=1)
+    # uploads decoded at once (others wait); 0: one per CPU core but one, at most 4, which keeps a core
+    # for the event loop and at most 4 full-size decode buffers (up to 64 MB each) in memory
+    max_decodes: int = Field(0, ge=0)
+    # images x steps one interactive request may cost (GANs count one step); larger ones go to /v1/jobs
+    max_request_cost: int = Field(1600, ge=1)
+    # connections (see connections.py): the request head must arrive within header_timeout seconds of
+    # connecting or of the previous response, its body within body_timeout; idle keep-alive ones close
+    header_timeout: float = Field(10.0, gt=0, le=3600)
+    body_timeout: float = Field(60.0, gt=0, le=3600)
+    keep_alive_timeout: int = Field(5, ge=1, le=3600)
+    max_connections: int = Field(1000, ge=8)  # also kept below the open-file limit
+
+    def decode_threads(self) -> int:
+        return self.max_decodes or min(4, max(1, (os.cpu_count() or 1) - 1))
 
     def resolved_jobs_url(self) -> str:
         if self.jobs_url:
