@@ -307,6 +307,9 @@ def _jobs_url(url: Optional[str], path: Optional[Path]) -> Optional[str]:
 def serve(
     models: List[str] = typer.Argument(None, help="Run directories or shipped model names "
                                        "(default: every shipped model)."),
+    default_model: Optional[str] = typer.Option(None, "--default-model", help="Model id that answers "
+                                                "requests naming no model (default: the first diffusion "
+                                                "model served, else the first of its kind)."),
     host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
     port: int = typer.Option(8000),
     max_batch_size: int = typer.Option(16, "--max-batch-size", help="Images per merged forward pass "
@@ -374,9 +377,12 @@ def serve(
             raise GenforgeError(f"{seen[run_dir.name]} and {m} are both named {run_dir.name!r}; model ids are "
                                 "run directory names, so serve directories with different names")
         seen[run_dir.name] = m
+    served = list(seen) if models else shipped_models()
+    if default_model is not None and default_model not in served:
+        raise GenforgeError(f"--default-model {default_model!r} is not served; served models: {', '.join(served)}")
     jobs_url = _jobs_url(jobs_url, jobs_url_file)
     try:
-        settings = Settings(models=list(models or []), device=device, threads=threads,
+        settings = Settings(models=list(models or []), default_model=default_model, device=device, threads=threads,
                             max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, wait_fraction=wait_fraction,
                             queue_size=queue_size,
                             jobs_url=jobs_url, rate_limit=rate_limit, rate_burst=rate_burst,

@@ -38,7 +38,7 @@ from .auth import KeyRecord, KeyStore, RateLimiter, retry_after_header
 from .batching import QueueFull
 from .docs import add_docs
 from .jobs import JobRunner, JobStore, fernet_from_env
-from .models import ImageClassifier, ImageGenerator, ModelNotFound, Models, load_models
+from .models import ImageClassifier, ImageGenerator, ModelNotFound, Models, NoModelChosen, load_models
 from .observability import (AuthMiddleware, BodyLimitMiddleware, Metrics, ObserveMiddleware, error_body,
                             event)
 from .schemas import (ClassifyResponse, ImageGenerationRequest, ImagesResponse, JobRequest, ModelList, SamplesJobParams,
@@ -260,6 +260,10 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     @app.exception_handler(ModelNotFound)
     async def _not_found(request: Request, e: ModelNotFound):
         return JSONResponse(error_body(str(e), "model_not_found", "not_found_error", "model"), 404)
+
+    @app.exception_handler(NoModelChosen)
+    async def _no_model(request: Request, e: NoModelChosen):
+        return JSONResponse(error_body(str(e), "model_required", param="model"), 400)
 
     @app.exception_handler(GenforgeError)
     async def _genforge_error(request: Request, e: GenforgeError):

@@ -45,6 +45,10 @@ class ModelNotFound(Exception):
     pass
 
 
+class NoModelChosen(Exception):
+    """A request named no model and the server has none of that kind to fall back on (400)."""
+
+
 def png_bytes(image: Image.Image) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
@@ -240,6 +244,7 @@ class ImageClassifier(ServedModel):
 class Models:
     def __init__(self) -> None:
         self.by_id: dict[str, ServedModel] = {}
+        self.defaults: dict[str, str] = {}  # kind -> model id used when a request names none
 
     def add(self, served: ServedModel) -> None:
         if served.id in self.by_id:
@@ -247,13 +252,30 @@ class Models:
                                 "so serve run directories with different names")
         self.by_id[served.id] = served
 
+    def set_default(self, model_id: str) -> None:
+        m = self.by_id.get(model_id)
+        if m is None:
+            raise GenforgeError(f"--default-model {model_id!r} is not one of the served models: "
+                                f"{', '.join(self.by_id)}")
+        self.defaults[m.kind] = m.id
+
+    def default(self, kind: str) -> Optional[ServedModel]:
+        """--default-model for its kind; else the first diffusion model served (they sample best),
+        else the first model of the kind, in the order they were given."""
+        if kind in self.defaults:
+            return self.by_id[self.defaults[kind]]
+        of_kind = [m for m in self.by_id.values() if m.kind == kind]
+        best = [m for m in of_kind if getattr(m.pipe, "kind", None) == "diffusion"] or of_kind
+        return best[0] if best else None
+
     def get(self, model_id: Optional[str], kind: str) -> ServedModel:
         of_kind = [m for m in self.by_id.values() if m.kind == kind]
-        if model_id is None and len(of_kind) == 1:
-            return of_kind[0]
+        if model_id is None:  # OpenAI's API makes model optional: the server's default answers
+            chosen = self.default(kind)
+            if chosen is None:
+                raise NoModelChosen(f"this server has no {kind} model; loaded: {', '.join(self.by_id)}")
+            return chosen
         names = ", ".join(m.id for m in of_kind) or "none loaded"
-        if model_id is None:
-            raise ModelNotFound(f"say which model to use; {kind} models: {names}")
         m = self.by_id.get(model_id)
         if m is None or m.kind != kind:
             shown = model_id if len(model_id) <= 80 else model_id[:77] + "..."
@@ -277,4 +299,6 @@ def load_models(settings: Settings, executor: Optional[Executor], metrics: Any =
         if cls is None:
             raise GenforgeError(f"{run_dir}: genforge serve has no endpoint for {pipe.cfg.task!r} runs yet")
         models.add(cls(run_dir.name, pipe, settings, executor, metrics))
+    if settings.default_model is not None:
+        models.set_default(settings.default_model)
     return models

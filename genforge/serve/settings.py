@@ -16,6 +16,7 @@ class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # an infinite rate or timeout is a typo
 
     models: list[str] = Field(default_factory=list)  # run dirs or shipped names; empty: every shipped model
+    default_model: Optional[str] = None  # answers requests that name no model (else the first diffusion model)
     device: str = "auto"
     threads: int = Field(0, ge=0)  # torch intra-op threads; 0 keeps torch's default
     max_batch_size: int = Field(16, ge=1, le=1024)  # images per merged forward pass; 1 turns batching off
