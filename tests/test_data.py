@@ -377,3 +377,12 @@ def test_fashion_with_an_image_folder_suggests_the_folder_dataset_and_expands_ho
     # '~' is the user's home for the IDX loaders too, not a folder named '~'
     with pytest.raises(GenforgeError, match=f"{tmp_path}/nothing does not exist"):
         load_dataset(DataConfig(name="fashion", path="~/nothing"))
+
+
+def test_run_directories_expand_home(tmp_path, monkeypatch):
+    from genforge.pipelines import resolve_run_dir
+
+    (tmp_path / "runs" / "r").mkdir(parents=True)
+    (tmp_path / "runs" / "r" / "config.json").write_text("{}")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert resolve_run_dir("~/runs/r") == tmp_path / "runs" / "r"

@@ -22,7 +22,7 @@ def shipped_models() -> list[str]:
 
 def resolve_run_dir(path: str | Path) -> Path:
     """A run directory, or the name of a shipped default model (``genforge/assets/NAME``)."""
-    p = Path(path)
+    p = Path(path).expanduser()
     if p.is_dir():
         if not (p / "config.json").is_file():
             raise GenforgeError(f"{p} is not a genforge run directory (no config.json)")
@@ -80,9 +80,10 @@ class Pipeline:
         return f"{type(self).__name__}({str(self.run_dir)!r}, model={self.cfg.model.name!r})"
 
 
-def load_pipeline(path: str | Path, device: str = "auto", step: int | None = None) -> Pipeline:
+def load_pipeline(path: str | Path, device: str = "auto", step: int | None = None,
+                  compile: bool = False) -> Pipeline:
     """The pipeline for a run directory; ``step`` picks a kept checkpoint (train_state/step_N)
-    instead of the final weights."""
+    instead of the final weights; ``compile`` samples image models through torch.compile."""
     from .classify import ClassifierPipeline
     from .image import ImagePipeline
 
@@ -92,4 +93,7 @@ def load_pipeline(path: str | Path, device: str = "auto", step: int | None = Non
     by_task = {"gan": ImagePipeline, "diffusion": ImagePipeline, "classify": ClassifierPipeline}
     if cfg.task not in by_task:
         raise GenforgeError(f"no pipeline for task {cfg.task!r}; known: {', '.join(by_task)}")
-    return by_task[cfg.task](cfg, model, run_dir, dev)
+    pipe = by_task[cfg.task](cfg, model, run_dir, dev)
+    if compile and isinstance(pipe, ImagePipeline):
+        pipe.compile()
+    return pipe
