@@ -5,7 +5,8 @@ Starts a real server subprocess on 127.0.0.1 for each batching setting, then dri
 closed loop of C concurrent clients (each sends its next request when the last one returns) for
 every concurrency C, bounded by --duration seconds and --max-requests per cell. After each cell it
 reads the server's /metrics and reports how many requests (and images) its batcher merged into one
-forward pass on average, and how long that pass (run_batch: model and PNG encoding) took. Client
+forward pass on average, how long that pass (run_batch: the model alone) took, and how long encoding
+one request's images took afterwards on the server's encoding threads. Client
 and server share the machine, so absolute numbers include the client's own CPU use; the default client
 speaks HTTP/1.1 over raw asyncio streams to keep that small (--client httpx for the old one).
 
@@ -91,7 +92,8 @@ def batch_totals(metrics_text: str) -> dict[str, float]:
     """Sums and counts of the batcher's histograms, over every model the server holds."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    out = {"requests_sum": 0.0, "images_sum": 0.0, "batches": 0.0, "infer_s": 0.0}
+    out = {"requests_sum": 0.0, "images_sum": 0.0, "batches": 0.0, "infer_s": 0.0, "encode_s": 0.0,
+           "encodes": 0.0}
     for fam in text_string_to_metric_families(metrics_text):
         for s in fam.samples:
             if s.name == "genforge_batch_requests_sum":
@@ -102,6 +104,10 @@ def batch_totals(metrics_text: str) -> dict[str, float]:
                 out["images_sum"] += s.value
             elif s.name == "genforge_inference_seconds_sum":
                 out["infer_s"] += s.value
+            elif s.name == "genforge_encode_seconds_sum":
+                out["encode_s"] += s.value
+            elif s.name == "genforge_encode_seconds_count":
+                out["encodes"] += s.value
     return out
 
 
@@ -110,7 +116,8 @@ def batch_delta(before: dict[str, float], after: dict[str, float]) -> dict:
     n = d["batches"]
     return {"batches": int(n), "mean_batch_requests": round(d["requests_sum"] / n, 2) if n else None,
             "mean_batch_images": round(d["images_sum"] / n, 2) if n else None,
-            "mean_forward_ms": round(1000 * d["infer_s"] / n, 1) if n else None}
+            "mean_forward_ms": round(1000 * d["infer_s"] / n, 1) if n else None,
+            "mean_encode_ms": round(1000 * d["encode_s"] / d["encodes"], 2) if d["encodes"] else None}
 
 
 class Server:
@@ -469,7 +476,7 @@ def main() -> None:
                     print(f"batch {batch:>3}  conc {c:>3}  {cell['req_per_s']:>8.1f} req/s  "
                           f"p50 {cell['p50_ms']:>8.1f}  p95 {cell['p95_ms']:>8.1f}  p99 {cell['p99_ms']:>8.1f} ms"
                           f"  batch {cell['mean_batch_requests']} fwd {cell['mean_forward_ms']} ms"
-                          f"  errors {cell['errors'] or '-'}", flush=True)
+                          f"  encode {cell['mean_encode_ms']} ms  errors {cell['errors'] or '-'}", flush=True)
             finally:
                 server.stop()
     print()

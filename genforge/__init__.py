@@ -4,12 +4,13 @@ from .errors import GenforgeError
 __version__ = "0.1.0"
 
 
-def load(path, device: str = "auto", step=None):
+def load(path, device: str = "auto", step=None, compile: bool = False):
     """Load a run directory and return the pipeline that runs it (see genforge.pipelines);
-    ``step=N`` loads the checkpoint kept at training step N instead of the final weights."""
+    ``step=N`` loads the checkpoint kept at training step N instead of the final weights;
+    ``compile=True`` samples through torch.compile (faster after a one-off compile)."""
     from .pipelines import load_pipeline
 
-    return load_pipeline(path, device=device, step=step)
+    return load_pipeline(path, device=device, step=step, compile=compile)
 
 
 def train(config, run_dir, resume: bool = False):

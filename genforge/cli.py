@@ -91,6 +91,9 @@ def sample(
     device: str = typer.Option("auto"),
     step: Optional[int] = typer.Option(None, "--step", help="Use the checkpoint kept at this training "
                                        "step (train_state/) instead of the final weights."),
+    compile_: bool = typer.Option(False, "--compile", help="Run the model through torch.compile (pays "
+                                  "off for many images or steps; compiled code is cached in "
+                                  "~/.cache/genforge/inductor)."),
 ):
     """Generate images from a GAN or diffusion run."""
     from . import load
@@ -102,7 +105,7 @@ def sample(
     for target in [grid.parent if grid else None, out_dir]:
         if target is not None:
             check_writable(target)
-    pipe = load(run_dir, device=device, step=step)
+    pipe = load(run_dir, device=device, step=step, compile=compile_)
     if not isinstance(pipe, ImagePipeline):
         raise GenforgeError(f"{run_dir} is a {pipe.cfg.task!r} run; sample needs a gan or diffusion run")
     given = {"steps": steps is not None, "sampler": sampler is not None, "guidance": guidance is not None}
@@ -351,6 +354,9 @@ def serve(
                                         "(also kept below the open-file limit)."),
     max_decodes: int = typer.Option(0, "--max-decodes", help="Uploads decoded at once (0: CPU cores less "
                                     "one, 1 to 4)."),
+    compile_: bool = typer.Option(False, "--compile", help="Run image models through torch.compile (CUDA "
+                                  "graphs on a GPU), compiling each batch size up to --max-batch-size "
+                                  "before /readyz reports ready."),
 ):
     """Serve models over HTTP: OpenAI-style API under /v1, web page at /, docs at /docs."""
     import ipaddress
@@ -389,7 +395,7 @@ def serve(
                             redact_inputs=redact_inputs, metrics_open=metrics_open,
                             max_request_cost=max_request_cost, header_timeout=header_timeout,
                             body_timeout=body_timeout, keep_alive_timeout=keep_alive_timeout,
-                            max_connections=max_connections, max_decodes=max_decodes,
+                            max_connections=max_connections, max_decodes=max_decodes, compile=compile_,
                             **({"keys_path": keys} if keys else {}))
     except ValidationError as e:
         err = e.errors()[0]

@@ -104,9 +104,12 @@ class DiffusionModel(nn.Module):
         guidance: float = 1.0,
         generator: Optional[torch.Generator] = None,
         progress: Optional[Callable[[int, int], None]] = None,
+        denoiser: Optional[Callable[..., torch.Tensor]] = None,
     ) -> torch.Tensor:
         """Denoise ``noise`` into images in [-1, 1]. ``guidance`` > 1 applies classifier-free
-        guidance between ``labels`` and the null class."""
+        guidance between ``labels`` and the null class. ``denoiser`` stands in for ``self`` in each
+        step's forward (a compiled copy of it, say); the scheduler stays eager."""
+        net = denoiser or self
         sched = self.make_scheduler(sampler)
         sched.set_timesteps(steps, device=noise.device)
         x = noise * sched.init_noise_sigma
@@ -116,11 +119,11 @@ class DiffusionModel(nn.Module):
             tt = t.expand(x.shape[0]).to(x.device)
             if guided:
                 null = torch.full_like(labels, self.null_class)
-                both = self(torch.cat([inp, inp]), torch.cat([tt, tt]), torch.cat([labels, null]))
+                both = net(torch.cat([inp, inp]), torch.cat([tt, tt]), torch.cat([labels, null]))
                 cond, uncond = both.chunk(2)
                 eps = uncond + guidance * (cond - uncond)
             else:
-                eps = self(inp, tt, labels)
+                eps = net(inp, tt, labels)
             x = sched.step(eps, t, x, generator=generator).prev_sample
             if progress is not None:
                 progress(i + 1, len(sched.timesteps))

@@ -13,6 +13,7 @@ from ..data.transforms import to_pil_list, to_uint8
 from ..errors import GenforgeError
 from ..models.diffusion import SAMPLERS
 from . import Pipeline
+from .compiled import BUCKETS, BucketedForward
 
 # torch seeds take up to 2**64 - 1; the sampler seeds chunk i with seed + i, so stay well below
 MAX_SEED = 2**63 - 1
@@ -20,6 +21,33 @@ MAX_SEED = 2**63 - 1
 
 class ImagePipeline(Pipeline):
     """``pipe(n=16, seed=0, steps=25, sampler="dpm++")`` -> list of PIL images; same seed, same images."""
+
+    compiled = None  # a BucketedForward once compile() is called
+
+    def compile(self, buckets: Sequence[int] = BUCKETS) -> "ImagePipeline":
+        """Sample through ``torch.compile`` from now on (see pipelines/compiled.py): images equal the
+        eager ones up to float rounding; a compiler that fails leaves a warning and eager sampling."""
+        if self.compiled is None:
+            m = self.model
+            fn, name = (m.generator, "the generator") if self.kind == "gan" else (m.forward, "the denoiser")
+            self.compiled = BucketedForward(fn, self.device, buckets, name=f"{name} of {self.run_dir.name}")
+        return self
+
+    def warm_up(self, max_batch: int) -> dict[int, float]:
+        """Compile each bucket up to ``max_batch`` images now rather than at the first requests;
+        returns seconds per bucket (near zero where the inductor cache already had it)."""
+        if self.compiled is None:
+            return {}
+        m, dev = self.model, self.device
+
+        def args(b: int) -> tuple:
+            y = torch.zeros(b, dtype=torch.long, device=dev) if self.conditional else None
+            if self.kind == "gan":
+                return torch.zeros(b, m.z_dim, device=dev), y
+            x = torch.zeros(b, m.channels, m.image_size, m.image_size, device=dev)
+            return x, torch.full((b,), 1, dtype=torch.long, device=dev), y
+
+        return self.compiled.warm_up(args, max_batch)
 
     @property
     def conditional(self) -> bool:
@@ -124,11 +152,11 @@ class ImagePipeline(Pipeline):
             z = noise[i:i + batch_size].to(self.device)
             yy = y[i:i + batch_size].to(self.device) if y is not None else None
             if self.kind == "gan":
-                x = m.generator(z, yy)
+                x = (self.compiled or m.generator)(z, yy)
             else:
                 step_gen = torch.Generator(self.device).manual_seed(seed + i)
                 x = m.sample(z, steps=steps, sampler=sampler, labels=yy, guidance=guidance,
-                             generator=step_gen, progress=progress)
+                             generator=step_gen, progress=progress, denoiser=self.compiled)
             out.append(x.float().cpu())
         return torch.cat(out)
 

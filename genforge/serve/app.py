@@ -208,7 +208,9 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
         # how many exist at once, and only these threads' malloc arenas ever hold such buffers.
         decoder = ThreadPoolExecutor(max_workers=settings.decode_threads(), thread_name_prefix="genforge-decode")
         state["decoder"] = decoder
-        models: Models = await run_in_threadpool(load_models, settings, executor, metrics)
+        # encoding on threads of its own: the model's threads go straight on to the next forward
+        encoder = ThreadPoolExecutor(max_workers=settings.encode_threads, thread_name_prefix="genforge-encode")
+        models: Models = await run_in_threadpool(load_models, settings, executor, metrics, encoder)
         for m in models:
             m.batcher.start()
         store = await run_in_threadpool(JobStore, settings.resolved_jobs_url(), fernet_from_env())
@@ -220,19 +222,41 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
             event("no API keys yet: every /v1 request will get 401; create one with "
                   "`genforge keys create --name NAME --scopes generate,classify`", logging.WARNING,
                   keys=str(keys.path))
-        event("ready", models=[m.id for m in models], jobs_db=store.safe_url, recovered=recovered,
-              max_batch_size=settings.max_batch_size, max_wait_ms=settings.max_wait_ms,
-              wait_fraction=settings.wait_fraction)
-        state["ready"] = True
+
+        async def become_ready() -> None:
+            if settings.compile:
+                # compiled after start-up, so /readyz can say "compiling" meanwhile; the forward lock
+                # keeps an early request from compiling the same graph beside the warm-up
+                state["warming"] = True
+                loop = asyncio.get_running_loop()
+                for m in models:
+                    if not isinstance(m, ImageGenerator):
+                        continue
+                    try:
+                        secs = await loop.run_in_executor(executor, m.warm_up)
+                    except Exception as e:  # the model still serves, compiling at first use instead
+                        event("warm-up failed", logging.ERROR, model=m.id, error=f"{type(e).__name__}: {e}")
+                        continue
+                    event("compiled", model=m.id, buckets=sorted(secs),
+                          seconds=round(sum(secs.values()), 2), fell_back=m.pipe.compiled.failed)
+                state["warming"] = False
+            event("ready", models=[m.id for m in models], jobs_db=store.safe_url, recovered=recovered,
+                  max_batch_size=settings.max_batch_size, max_wait_ms=settings.max_wait_ms,
+                  wait_fraction=settings.wait_fraction, compiled=settings.compile)
+            state["ready"] = True
+
+        warm = asyncio.get_running_loop().create_task(become_ready(), name="warm-up")
         try:
             yield
         finally:
+            warm.cancel()
             state["ready"] = False
             await runner.stop()
             for m in models:
                 await m.batcher.stop()
             executor.shutdown(wait=False, cancel_futures=True)
             decoder.shutdown(wait=False, cancel_futures=True)
+            encoder.shutdown(wait=False, cancel_futures=True)
             store.close()
 
     app = FastAPI(title="genforge", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
@@ -323,6 +347,9 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     @app.get("/readyz", tags=["operations"])
     def readyz():
         if not state["ready"]:
+            if state.get("warming"):
+                return JSONResponse({"status": "starting", "reason": "compiling the models (--compile); "
+                                     "ready once each batch size is compiled"}, 503)
             return JSONResponse({"status": "starting"}, 503)
         keys.reload()
         if not keys.loaded:  # it can check no key at all: the balancer should send traffic elsewhere
@@ -370,9 +397,9 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
             item = gen.prepare(body.n, seed, body.steps, body.sampler, body.guidance,
                                gen.label_for_prompt(body.prompt))
         _check_cost(gen, body.n, body.steps, settings.max_request_cost)
-        pngs = await _while_connected(request, gen.generate(item))
-        return {"created": int(time.time()), "data": [{"b64_json": b} for b in _b64(pngs)],
-                "model": gen.id, "seed": seed}
+        files = await _while_connected(request, gen.generate(item, output_format=body.output_format))
+        return {"created": int(time.time()), "data": [{"b64_json": b} for b in _b64(files)],
+                "model": gen.id, "seed": seed, "output_format": body.output_format}
 
     @app.post("/v1/samples", response_model=SamplesResponse, tags=["images"])
     async def samples(body: SamplesRequest, request: Request, key: KeyRecord = Depends(require("generate"))):

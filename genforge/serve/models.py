@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import io
 import threading
+import time
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Optional, Sequence
@@ -55,12 +56,37 @@ def png_bytes(image: Image.Image) -> bytes:
     return buf.getvalue()
 
 
+OUTPUT_FORMATS = ("png", "webp", "jpeg")
+
+
+def image_bytes(image: Image.Image, fmt: str = "png") -> bytes:
+    """One image as a PNG (lossless), or a WebP / JPEG at quality 90, as OpenAI's output_format asks."""
+    if fmt == "png":
+        return png_bytes(image)
+    buf = io.BytesIO()
+    if fmt == "webp":
+        image.convert("RGB").save(buf, format="WEBP", quality=90)
+    elif fmt == "jpeg":
+        image.save(buf, format="JPEG", quality=90)
+    else:
+        raise GenforgeError(f"unknown output format {fmt!r}; choose one of: {', '.join(OUTPUT_FORMATS)}")
+    return buf.getvalue()
+
+
+def encode_images(x: torch.Tensor, fmt: str = "png") -> list[bytes]:
+    """uint8 images (n, C, H, W) -> encoded files; called on the encoding pool, never in a forward."""
+    return [image_bytes(im, fmt) for im in to_pil_list(x)]
+
+
 class ServedModel:
     kind: ClassVar[str] = "?"
 
     def __init__(self, model_id: str, pipe: Pipeline, settings: Settings, executor: Optional[Executor],
-                 metrics: Any = None):
+                 metrics: Any = None, encoder: Optional[Executor] = None):
         self.id, self.pipe, self.settings = model_id, pipe, settings
+        self.encoder, self.metrics = encoder, metrics  # encoder None: the event loop's default pool
+        # a forward and a compile warm-up must not trace the same graph at once on two threads
+        self.forward_lock = threading.Lock()
         self.batcher = Batcher(model_id, self.run_batch, max_batch_size=settings.max_batch_size,
                                max_wait_ms=settings.max_wait_ms, wait_fraction=settings.wait_fraction,
                                queue_size=settings.queue_size,
@@ -146,27 +172,43 @@ class ImageGenerator(ServedModel):
         per = CHUNK_COST // item.steps if self.pipe.kind == "diffusion" else self.settings.max_batch_size
         return max(1, min(item.n, self.settings.max_batch_size, per))
 
-    async def generate(self, item: GenItem, force: bool = False) -> list[bytes]:
+    def warm_up(self) -> dict[int, float]:
+        """Compile each batch size a merged forward can have (``--compile``); seconds per bucket.
+        Classifier-free guidance runs the conditional and null rows in one forward, doubling it."""
+        guided = self.pipe.kind == "diffusion" and self.pipe.conditional
+        with self.forward_lock:
+            return self.pipe.warm_up(self.settings.max_batch_size * (2 if guided else 1))
+
+    async def generate(self, item: GenItem, force: bool = False, output_format: str = "png") -> list[bytes]:
         """Queue ``item``, split into chunks with its noise drawn up front (same images as one piece).
-        Cancelling the caller stops the model at its next denoising step and drops the other chunks."""
+        Cancelling the caller stops the model at its next denoising step and drops the other chunks.
+        The model's pass returns pixels; they are encoded here on the encoding pool, so the next
+        batch's forward does not wait for this one's compression."""
         cancel = item.cancel = item.cancel or threading.Event()
         k = self.chunk_size(item)
         try:
             if k >= item.n:
-                return await self.batcher.submit(item, item.n, self.batch_key(item), force=force)
-            noise, out = self.pipe.draw_noise(item.n, item.seed), []
-            for i in range(0, item.n, k):
-                m = min(k, item.n - i)
-                chunk = GenItem(m, item.seed, item.y[i:i + m] if item.y is not None else None, item.steps,
-                                item.sampler, item.guidance, noise=noise[i:i + m], step_seed=item.seed,
-                                cancel=cancel)
-                out += await self.batcher.submit(chunk, m, None, force=force)
-            return out
+                x = await self.batcher.submit(item, item.n, self.batch_key(item), force=force)
+            else:
+                noise, parts = self.pipe.draw_noise(item.n, item.seed), []
+                for i in range(0, item.n, k):
+                    m = min(k, item.n - i)
+                    chunk = GenItem(m, item.seed, item.y[i:i + m] if item.y is not None else None,
+                                    item.steps, item.sampler, item.guidance, noise=noise[i:i + m],
+                                    step_seed=item.seed, cancel=cancel)
+                    parts.append(await self.batcher.submit(chunk, m, None, force=force))
+                x = torch.cat(parts)
         except asyncio.CancelledError:
             cancel.set()  # read by run_batch's step callback in the worker thread
             raise
+        start = time.perf_counter()
+        files = await asyncio.get_running_loop().run_in_executor(self.encoder, encode_images, x, output_format)
+        if self.metrics is not None:
+            self.metrics.encode.labels(self.id).observe(time.perf_counter() - start)
+        return files
 
-    def run_batch(self, items: Sequence[GenItem]) -> list[list[bytes]]:
+    def run_batch(self, items: Sequence[GenItem]) -> list[torch.Tensor]:
+        """One forward for the merged ``items``: uint8 images (n, C, H, W) per item, not yet encoded."""
         head = items[0]
         if len(items) == 1:
             noise = head.noise if head.noise is not None else self.pipe.draw_noise(head.n, head.seed)
@@ -186,14 +228,11 @@ class ImageGenerator(ServedModel):
             if report is not None:
                 report(i, total)
 
-        x = self.pipe.generate_from_noise(noise, y, seed=step_seed, steps=head.steps, sampler=head.sampler,
-                                          guidance=head.guidance, batch_size=max(len(noise), 1), progress=step)
-        pngs = [png_bytes(im) for im in to_pil_list(to_uint8(x))]
-        out, i = [], 0
-        for it in items:
-            out.append(pngs[i:i + it.n])
-            i += it.n
-        return out
+        with self.forward_lock:
+            x = self.pipe.generate_from_noise(noise, y, seed=step_seed, steps=head.steps, sampler=head.sampler,
+                                              guidance=head.guidance, batch_size=max(len(noise), 1),
+                                              progress=step)
+        return list(to_uint8(x).split([it.n for it in items]))
 
     async def generate_job(self, item: GenItem, progress: Callable[[float], None]) -> list[bytes]:
         """A long request in chunks through the same queue (fair to interactive requests), with the
@@ -286,7 +325,8 @@ class Models:
         return iter(self.by_id.values())
 
 
-def load_models(settings: Settings, executor: Optional[Executor], metrics: Any = None) -> Models:
+def load_models(settings: Settings, executor: Optional[Executor], metrics: Any = None,
+                encoder: Optional[Executor] = None) -> Models:
     sources = settings.models or shipped_models()
     if not sources:
         raise GenforgeError("nothing to serve: no shipped models are installed; pass run directories "
@@ -294,11 +334,11 @@ def load_models(settings: Settings, executor: Optional[Executor], metrics: Any =
     models = Models()
     for src in sources:
         run_dir = resolve_run_dir(src)
-        pipe = load_pipeline(run_dir, device=settings.device)
+        pipe = load_pipeline(run_dir, device=settings.device, compile=settings.compile)
         cls = KINDS.get(type(pipe))
         if cls is None:
             raise GenforgeError(f"{run_dir}: genforge serve has no endpoint for {pipe.cfg.task!r} runs yet")
-        models.add(cls(run_dir.name, pipe, settings, executor, metrics))
+        models.add(cls(run_dir.name, pipe, settings, executor, metrics, encoder))
     if settings.default_model is not None:
         models.set_default(settings.default_model)
     return models

@@ -37,6 +37,8 @@ class Metrics:
                                         ["model"], buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32, 64), registry=r)
         self.inference = Histogram("genforge_inference_seconds", "Time of one merged forward pass",
                                    ["model"], registry=r)
+        self.encode = Histogram("genforge_encode_seconds", "Time to encode one request's images (after "
+                                "the forward pass, on the encoding threads)", ["model"], registry=r)
         self.queue_depth = Gauge("genforge_queue_depth", "Requests waiting per model", ["model"], registry=r)
         self.rejected = Counter("genforge_queue_rejected", "Requests refused because the queue was full",
                                 ["model"], registry=r)

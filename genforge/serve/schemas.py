@@ -35,6 +35,8 @@ class ImageGenerationRequest(_Sampling):
     size: Optional[str] = Field(None, max_length=20, description="WIDTHxHEIGHT; must be the model's size.")
     response_format: Literal["b64_json"] = Field(
         "b64_json", description="Only b64_json: this server keeps no files to link to.")
+    output_format: Literal["png", "webp", "jpeg"] = Field(
+        "png", description="File format of each image: png (lossless), or webp / jpeg at quality 90.")
 
     @field_validator("size")
     @classmethod
@@ -81,6 +83,7 @@ class ImagesResponse(BaseModel):
     data: list[ImageData]
     model: str
     seed: int
+    output_format: str = "png"
 
 
 class SamplesResponse(BaseModel):

@@ -46,6 +46,8 @@ class Settings(BaseModel):
     body_timeout: float = Field(60.0, gt=0, le=3600)
     keep_alive_timeout: int = Field(5, ge=1, le=3600)
     max_connections: int = Field(1000, ge=8)  # also kept below the open-file limit
+    compile: bool = False  # image models through torch.compile, warmed up before /readyz says ready
+    encode_threads: int = Field(2, ge=1, le=64)  # PNG/WebP/JPEG encoding, apart from the model's threads
 
     def decode_threads(self) -> int:
         return self.max_decodes or min(4, max(1, (os.cpu_count() or 1) - 1))
