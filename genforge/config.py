@@ -73,6 +73,8 @@ class TrainConfig(_Strict):
     max_nonfinite_steps: int = Field(5, ge=1, description="consecutive steps with a NaN/inf loss or "
                                      "gradient (each skipped) before the run stops as diverged")
     tensorboard: bool = Field(True, description="write TensorBoard logs under tb/")
+    compile: bool = Field(False, description="torch.compile the networks for training (slow start, "
+                          "faster steps on a GPU); without a working compiler: a warning, then eager")
 
 
 class RunConfig(_Strict):

@@ -194,7 +194,15 @@ def optimizer_from_tensors(name: str, opt: torch.optim.Optimizer, tensors: dict,
         if key.startswith(prefix):
             idx, k = key[len(prefix):].split(".", 1)
             state.setdefault(int(idx), {})[k] = v
-    opt.load_state_dict({"state": state, "param_groups": info["param_groups"]})
+    # which kernel runs the update (foreach, fused, ...) is this machine's choice, not the checkpoint's:
+    # a run resumed elsewhere, or saved before these keys were recorded, keeps the optimizer it built
+    groups = [{**saved, **{k: own[k] for k in _IMPL_KEYS if k in own}}
+              for saved, own in zip(info["param_groups"], opt.param_groups)]
+    groups += info["param_groups"][len(groups):]
+    opt.load_state_dict({"state": state, "param_groups": groups})
+
+
+_IMPL_KEYS = ("foreach", "fused", "capturable", "differentiable")
 
 
 def latest_state(run_dir: Path) -> Path | None:

@@ -15,6 +15,7 @@ import os
 import random
 import resource
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,69 @@ def _step_seed(seed: int, step: int, rank: int) -> int:
     return (seed * 1_000_003 + step * 1_009 + rank) % (2**63 - 1)
 
 
+def fused_adamw_works(device: torch.device) -> bool:
+    """Whether this build has a fused AdamW kernel for ``device`` that honours ``found_inf``."""
+    try:
+        p = torch.zeros(1, device=device, requires_grad=True)
+        p.grad = torch.ones_like(p)
+        opt = torch.optim.AdamW([p], fused=True)
+        opt.found_inf = torch.ones((), device=device)
+        opt.step()
+        return bool((p == 0).all())
+    except (RuntimeError, ValueError, TypeError, NotImplementedError, AssertionError):
+        return False
+
+
+def _compiled(nets: dict[str, nn.Module], device: torch.device) -> dict[str, nn.Module]:
+    """torch.compile'd nets, or the eager ones (with one warning) where this machine cannot compile."""
+    try:
+        # inductor needs a working C++ (CPU) or Triton (CUDA) toolchain; a tiny graph finds out in seconds
+        probe = torch.compile(lambda x: torch.relu(x) * 2 + 1)
+        probe(torch.ones(8, device=device))
+    except Exception as e:  # noqa: BLE001 - any compiler failure means eager, never a crashed run
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        print(f"warning: train.compile=true but torch.compile does not work here ({reason}); "
+              "training eagerly", file=sys.stderr, flush=True)
+        return nets
+    return {k: torch.compile(v) for k, v in nets.items()}
+
+
+class BadSteps:
+    """Bookkeeping of skipped (non-finite) steps that works on Python ints or on device tensors.
+
+    With device tensors every update is a few queued kernels and nothing waits for the device;
+    ``read()`` is the one host sync, made only where the loop needs the numbers (log, checkpoint
+    and final steps). A run of ``limit`` bad steps is remembered as a trip (its first and last
+    step) even when good steps follow before the next read, so a deferred read still stops the run.
+    """
+
+    NAMES = ("run", "total", "first", "run_first", "trip", "trip_first")
+
+    def __init__(self, limit: int, device: torch.device | None = None):
+        self.limit = limit
+        zero = (lambda: torch.zeros((), dtype=torch.int64, device=device)) if device is not None else int
+        self.run, self.total, self.first, self.run_first, self.trip, self.trip_first = (
+            zero() for _ in self.NAMES)
+
+    def add(self, bad, done: int) -> None:
+        """Count step ``done`` (1-based); ``bad`` is a bool or a 0-d bool tensor."""
+        bad = bad.long() if torch.is_tensor(bad) else int(bad)
+        # arithmetic instead of branches, so the same lines serve ints and tensors without a sync
+        self.run = (self.run + 1) * bad
+        self.total = self.total + bad
+        self.run_first = self.run_first + (self.run == 1) * (done - self.run_first)
+        self.first = self.first + (self.total == 1) * bad * (done - self.first)
+        newly = (self.trip == 0) * (self.run >= self.limit)
+        self.trip_first = self.trip_first + newly * (self.run_first - self.trip_first)
+        self.trip = self.trip + newly * (done - self.trip)
+
+    def read(self) -> dict[str, int]:
+        values = [getattr(self, k) for k in self.NAMES]
+        if torch.is_tensor(values[0]):
+            values = torch.stack(values).tolist()
+        return dict(zip(self.NAMES, map(int, values)))
+
+
 class EMA:
     """Exponential moving average of a module's parameters (buffers are copied)."""
 
@@ -62,15 +126,23 @@ class EMA:
     def update(self, model: nn.Module, step: int) -> None:
         # warm-up so early weights do not dominate for thousands of steps
         d = min(self.decay, (1 + step) / (10 + step))
-        for e, p in zip(self.module.parameters(), model.parameters()):
-            e.lerp_(p.detach(), 1 - d)
-        for e, b in zip(self.module.buffers(), model.buffers()):
-            e.copy_(b)
+        # one multi-tensor kernel per list instead of two small ops per parameter: the same lerp
+        # arithmetic element by element, without a Python loop launching hundreds of kernels a step
+        torch._foreach_lerp_(list(self.module.parameters()), [p.detach() for p in model.parameters()], 1 - d)
+        buffers = list(self.module.buffers())
+        if buffers:
+            torch._foreach_copy_(buffers, list(model.buffers()))
 
 
 class Trainer:
+    #: fused AdamW, with the non-finite skip done where the update runs (no host sync per update);
+    #: None uses it wherever this build has the kernel: on CUDA a sync per update stalls the GPU, and
+    #: on CPU the fused kernel steps the diffusion UNet in 8 ms where foreach takes 30 and the
+    #: per-tensor default 54. False forces foreach AdamW with the host-side check.
+    fused: bool | None = None
+
     def __init__(self, cfg: RunConfig, run_dir: str | Path, resume: bool = False):
-        self.run_dir, self.resume = Path(run_dir), resume
+        self.run_dir, self.resume = Path(run_dir).expanduser(), resume
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         self.device = pick_device(cfg.train.device)
@@ -89,8 +161,15 @@ class Trainer:
         self.task = build_task(self.cfg, self.data)
         self.model = self.task.model.to(self.device)
         t = self.cfg.train
+        self.scaler = torch.amp.GradScaler("cuda", enabled=t.amp and self.device.type == "cuda")
+        self.fused = self.fused is not False and fused_adamw_works(self.device)
+        # the fused kernel can skip a non-finite update on the device (found_inf); fp16 loss scaling
+        # brings its own inf check and host sync, so with the scaler on the loop keeps the host check
+        self.skip_on_device = self.fused and not self.scaler.is_enabled()
+        impl = {"fused": True} if self.fused else {"foreach": True}
         self.opts = {
-            name: torch.optim.AdamW(net.parameters(), lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
+            name: torch.optim.AdamW(net.parameters(), lr=t.lr, betas=t.betas, weight_decay=t.weight_decay,
+                                    **impl)
             for name, net in self.task.nets.items()
         }
         if self.world > 1:
@@ -100,10 +179,13 @@ class Trainer:
             self.task.nets = {k: DDP(v, device_ids=ids) for k, v in self.task.nets.items()}
         self.ema = EMA(self.model, t.ema_decay) if t.ema_decay > 0 else None
         self.amp_dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
-        self.scaler = torch.amp.GradScaler("cuda", enabled=t.amp and self.device.type == "cuda")
+        if t.compile:
+            self.task.nets = _compiled(self.task.nets, self.device)
         self._stop_signal: int | None = None
         self._perm: tuple[int, torch.Tensor | None] = (-1, None)
-        self._step_ok = True  # cleared by optimize() when a loss or gradient is not finite
+        self._no_skip = (torch.zeros((), dtype=torch.bool, device=self.device) if self.skip_on_device
+                         else False)
+        self._skipped = self._no_skip  # set by optimize() when a loss or gradient is not finite
 
     # ---- set-up -------------------------------------------------------------------------------
     def _init_distributed(self, cfg: RunConfig) -> torch.device:
@@ -145,7 +227,7 @@ class Trainer:
 
     def optimize(self, name: str, loss: torch.Tensor) -> None:
         """Backward and step, unless the loss or the gradient is NaN/inf: then the update is skipped
-        (the weights stay finite) and fit() counts the step."""
+        (weights, moments and step count stay as they were) and fit() counts the step."""
         opt, net = self.opts[name], self.task.nets[name]
         opt.zero_grad(set_to_none=True)
         with torch.autocast(self.device.type, enabled=False):
@@ -158,12 +240,23 @@ class Trainer:
             norm = nn.utils.clip_grad_norm_(params, self.cfg.train.grad_clip)
         else:
             norm = nn.utils.get_total_norm([p.grad for p in params])
+        if self.skip_on_device:
+            ok = torch.isfinite(loss.detach()).all() & torch.isfinite(norm)
+            # the fused kernel does nothing where found_inf is 1 and takes its step count back, so a
+            # bad update is dropped without the host ever reading the flag
+            opt.found_inf = (~ok).float()
+            try:
+                opt.step()
+            finally:
+                del opt.found_inf
+            self._skipped = self._skipped | ~ok
+            return
         # one host sync per update; GradScaler makes the same one for its own inf check
         finite_loss, finite_grad = torch.stack([torch.isfinite(loss.detach()).all(),
                                                 torch.isfinite(norm)]).tolist()
         if not finite_loss or (not finite_grad and not scaling):
             opt.zero_grad(set_to_none=True)
-            self._step_ok = False
+            self._skipped = True
             if scaling:
                 self.scaler.update()  # forget this step's unscale so the next one starts clean
             return
@@ -288,7 +381,8 @@ class Trainer:
         logger.truncate_after(start)
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         status, done, last = "completed", start, {}
-        bad_run, bad_first, bad_total = 0, 0, 0
+        bad = BadSteps(t.max_nonfinite_steps, self.device if self.skip_on_device else None)
+        bad_run, bad_total, warned = 0, 0, False
         self.model.train()
         try:
             for step in range(start, t.steps):
@@ -299,19 +393,22 @@ class Trainer:
                     for group in opt.param_groups:
                         group["lr"] = lr_at(self.cfg, step)
                 batch = self.batch(step)
-                self._step_ok = True
+                self._skipped = self._no_skip
                 with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=t.amp):
                     out = self.task.step(batch, self.optimize)
                 done = step + 1
-                if not self._step_ok:
-                    bad_run, bad_total = bad_run + 1, bad_total + 1
-                    bad_first = bad_first if bad_run > 1 else done
-                    if bad_total == 1:
-                        logger.warn(f"step {done}: the loss or a gradient is NaN/inf; the update was skipped")
-                    if bad_run >= t.max_nonfinite_steps:
-                        raise self._diverged(done, bad_first, bad_run)
-                else:
-                    bad_run = 0
+                bad.add(self._skipped, done)
+                # with the skip on the device the counts are read (one sync) only where they are used
+                if (not self.skip_on_device or done % t.log_every == 0 or done == t.steps
+                        or done % t.ckpt_every == 0 or self._stop_signal is not None):
+                    counts = bad.read()
+                    bad_run, bad_total = counts["run"], counts["total"]
+                    if bad_total and not warned:
+                        warned = True
+                        logger.warn(f"step {counts['first']}: the loss or a gradient is NaN/inf; "
+                                    "the update was skipped")
+                    if counts["trip"]:
+                        raise self._diverged(counts["trip"], counts["trip_first"], t.max_nonfinite_steps)
                 if self.ema is not None:
                     self.ema.update(self.model, step)
                 if done % t.log_every == 0 or done == t.steps:
