@@ -120,3 +120,18 @@ def wait_job(c, job_id, key, timeout=30.0):
             return j
         time.sleep(0.05)
     raise AssertionError(f"job {job_id} still {j['status']}")
+
+
+def stop_server(server, timeout: float = 60.0, must_stop: bool = True) -> None:
+    """Ctrl-C a `genforge serve` subprocess and wait for it; kill it if it hangs, and then fail the
+    test when ``must_stop`` (a clean shutdown is part of what it checks)."""
+    import signal
+    import subprocess
+
+    server.send_signal(signal.SIGINT)
+    try:
+        server.wait(timeout)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        if must_stop:
+            raise

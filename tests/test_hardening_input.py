@@ -6,7 +6,6 @@ import io
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -18,7 +17,7 @@ pytest.importorskip("fastapi")
 import httpx  # noqa: E402
 from fastapi import Request  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
-from serve_helpers import auth, free_port, keys, one_thread, runs, settings, wait_job  # noqa: E402,F401
+from serve_helpers import auth, free_port, keys, one_thread, runs, settings, stop_server, wait_job  # noqa: E402,F401
 
 import genforge  # noqa: E402
 from conftest import TINY_GAN  # noqa: E402
@@ -281,12 +280,7 @@ def test_served_process_with_redact_inputs_logs_no_input(tmp_path, runs, keys):
             statuses.append(job.status_code)
             assert wait_job(c, job.json()["id"], keys["gen"])["status"] == "succeeded"
     finally:
-        server.send_signal(signal.SIGINT)
-        try:
-            server.wait(60)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            raise
+        stop_server(server)
     text = log_path.read_text()
     assert statuses[1] == statuses[3] == 200 and 500 not in statuses, statuses
     logged = [json.loads(x) for x in text.splitlines() if x.startswith("{")]

@@ -7,7 +7,6 @@ import io
 import json
 import logging
 import os
-import signal
 import socket
 import struct
 import subprocess
@@ -23,7 +22,7 @@ pytest.importorskip("fastapi")
 import httpx  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 from serve_helpers import (auth, expected_pngs, free_port, keys, one_thread, runs,  # noqa: E402,F401
-                           settings)
+                           settings, stop_server)
 
 from genforge.serve import app as app_module  # noqa: E402
 from genforge.serve import create_app  # noqa: E402
@@ -425,11 +424,7 @@ def test_slow_and_silent_connections_are_closed(tmp_path, runs, keys):
     finally:
         for s in socks:
             s.close()
-        server.send_signal(signal.SIGINT)
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_server(server, timeout=30, must_stop=False)
         log.close()
     text = (tmp_path / "server.log").read_text()
     assert "Traceback" not in text, text[-3000:]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
-import signal
 import ssl
 import subprocess
 import sys
@@ -16,7 +15,7 @@ import pytest
 
 pytest.importorskip("fastapi")
 import httpx  # noqa: E402
-from serve_helpers import auth, expected_pngs, free_port, keys, runs, wait_job  # noqa: E402,F401
+from serve_helpers import auth, expected_pngs, free_port, keys, runs, stop_server, wait_job  # noqa: E402,F401
 
 
 def self_signed(tmp: Path) -> tuple[Path, Path]:
@@ -91,9 +90,4 @@ def test_https_with_two_workers_sharing_the_jobs_db(tmp_path, runs, keys):
         with pytest.raises(httpx.TransportError):  # plain HTTP to the TLS port
             httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10)
     finally:
-        server.send_signal(signal.SIGINT)
-        try:
-            server.wait(60)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            raise
+        stop_server(server)

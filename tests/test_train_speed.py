@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
-from conftest import TINY_DIFFUSION, TINY_GAN
+from conftest import TINY_DIFFUSION, TINY_GAN, assert_resume_exact, finite_weights, poison
 from genforge.config import load_config
 from genforge.errors import GenforgeError
 from genforge.train import checkpoint as ckpt
@@ -23,23 +22,6 @@ CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA de
 
 def _losses(run: Path, key: str) -> list[float]:
     return [r[key] for r in ckpt.read_metrics(run / "metrics.jsonl")[0] if key in r]
-
-
-def _poison(trainer: Trainer, bad_steps: set[int]) -> None:
-    """NaN losses at the given (1-based) steps of this fit."""
-    real, done = trainer.task.step, [0]
-
-    def step(batch, optimize):
-        done[0] += 1
-        if done[0] in bad_steps:
-            return real(batch, lambda name, loss: optimize(name, loss * math.nan))
-        return real(batch, optimize)
-
-    trainer.task.step = step
-
-
-def _finite(path: Path) -> bool:
-    return all(torch.isfinite(v).all() for v in load_file(path).values() if v.is_floating_point())
 
 
 # ---- EMA -----------------------------------------------------------------------------------------
@@ -153,35 +135,29 @@ def test_device_skip_keeps_the_nan_guarantees(tmp_path, monkeypatch, capsys):
     run = tmp_path / "one"
     tr = Trainer(load_config(None, TINY_DIFFUSION + ["train.steps=6", "train.ema_decay=0.9",
                                                      "train.log_every=3"]), run)
-    _poison(tr, {2})
+    poison(tr, {2})
     res = tr.fit()
     assert res["status"] == "completed" and res["metrics"]["nonfinite_steps"] == 1
     assert "step 2: the loss or a gradient is NaN/inf" in capsys.readouterr().err  # named when read at 3
-    assert _finite(run / "model.safetensors")
+    assert finite_weights(run / "model.safetensors")
     # a run of 3 bad steps (5-7) that recovers before the next read still stops the run, and the
     # checkpoint due at step 6, inside the run, is not written
     run = tmp_path / "two"
     cfg = load_config(None, TINY_GAN + ["train.steps=20", "train.ckpt_every=3", "train.log_every=10",
                                         "train.max_nonfinite_steps=3"])
     tr = Trainer(cfg, run)
-    _poison(tr, {5, 6, 7})
+    poison(tr, {5, 6, 7})
     with pytest.raises(GenforgeError, match=r"diverged.*steps 5-7 \(3 in a row.*step_00000003"):
         tr.fit()
     assert (run / "train_state" / "latest").read_text() == "step_00000003"
     for p in (run / "train_state").rglob("*.safetensors"):
-        assert _finite(p), p
+        assert finite_weights(p), p
 
 
 def test_resume_is_exact_on_the_fused_path(tmp_path, monkeypatch):
     monkeypatch.setattr(Trainer, "fused", True)
     cfg = load_config(None, TINY_GAN + ["train.steps=8", "train.ckpt_every=5", "train.ema_decay=0.9"])
-    Trainer(cfg, tmp_path / "a").fit()
-    short = cfg.model_copy(update={"train": cfg.train.model_copy(update={"steps": 5})})
-    Trainer(short, tmp_path / "b").fit()
-    Trainer(cfg, tmp_path / "b", resume=True).fit()
-    assert _losses(tmp_path / "a", "loss_g") == _losses(tmp_path / "b", "loss_g")
-    a, b = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert_resume_exact(cfg, tmp_path, stop_at=5)
 
 
 def test_a_checkpoint_keeps_the_kernel_choice_of_the_machine_that_resumes(tmp_path, monkeypatch):
@@ -247,10 +223,10 @@ def test_cuda_training_on_both_skip_paths(tmp_path, monkeypatch, fused):
                                               "train.ema_decay=0.9"])
     tr = Trainer(cfg, tmp_path / "r")
     assert tr.skip_on_device == (fused is None)
-    _poison(tr, {2})
+    poison(tr, {2})
     res = tr.fit()
     assert res["status"] == "completed" and res["metrics"]["nonfinite_steps"] == 1
-    assert _finite(tmp_path / "r" / "model.safetensors")
+    assert finite_weights(tmp_path / "r" / "model.safetensors")
 
 
 @CUDA
@@ -258,10 +234,4 @@ def test_cuda_training_on_both_skip_paths(tmp_path, monkeypatch, fused):
 def test_cuda_resume_is_exact(tmp_path):
     cfg = load_config(None, TINY_GAN + ["train.steps=8", "train.ckpt_every=5", "train.ema_decay=0.9",
                                         "train.device=cuda"])
-    Trainer(cfg, tmp_path / "a").fit()
-    short = cfg.model_copy(update={"train": cfg.train.model_copy(update={"steps": 5})})
-    Trainer(short, tmp_path / "b").fit()
-    Trainer(cfg, tmp_path / "b", resume=True).fit()
-    assert _losses(tmp_path / "a", "loss_g") == _losses(tmp_path / "b", "loss_g")
-    a, b = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert_resume_exact(cfg, tmp_path, stop_at=5)

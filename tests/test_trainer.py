@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from conftest import TINY_DIFFUSION, TINY_GAN
+from conftest import TINY_DIFFUSION, TINY_GAN, assert_resume_exact
 from genforge.config import load_config
 from genforge.errors import GenforgeError
 from genforge.train.trainer import Trainer
@@ -48,13 +48,7 @@ def test_refuses_to_overwrite_and_resume_needs_a_run(tmp_path):
 def test_resume_matches_uninterrupted(tmp_path):
     cfg = load_config(None, TINY_GAN + ["train.steps=12", "train.ckpt_every=5", "train.ema_decay=0.9",
                                         "data.flip=true"])
-    Trainer(cfg, tmp_path / "a").fit()
-    short = cfg.model_copy(update={"train": cfg.train.model_copy(update={"steps": 7})})
-    Trainer(short, tmp_path / "b").fit()  # stops at 7; the last resume point is step 7
-    Trainer(cfg, tmp_path / "b", resume=True).fit()
-    assert losses(tmp_path / "a") == losses(tmp_path / "b")
-    a, b = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
-    assert all((a[k] == b[k]).all() for k in a)
+    assert_resume_exact(cfg, tmp_path, stop_at=7)  # the short run's last resume point is step 7
 
 
 def _spawn(args, cwd):

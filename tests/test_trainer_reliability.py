@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import TINY_DIFFUSION, TINY_GAN
+from conftest import TINY_DIFFUSION, TINY_GAN, finite_weights, poison
 from genforge.config import config_from_json, load_config
 from genforge.errors import GenforgeError
 from genforge.train import checkpoint as ckpt
@@ -152,30 +152,13 @@ def test_disk_full_while_checkpointing_is_one_line_and_leaves_no_temp_files(tmp_
     assert code == 0 and json.loads(out)["step"] == 6
 
 
-def _poison(trainer: Trainer, bad_steps: set[int]) -> None:
-    """Make the loss NaN at the given (1-based) steps, as a diverging run's would be."""
-    real, done = trainer.task.step, [0]
-
-    def step(batch, optimize):
-        done[0] += 1
-        if done[0] in bad_steps:
-            return real(batch, lambda name, loss: optimize(name, loss * math.nan))
-        return real(batch, optimize)
-
-    trainer.task.step = step
-
-
-def _finite(path: Path) -> bool:
-    return all(torch.isfinite(v).all() for v in load_file(path).values() if v.is_floating_point())
-
-
 def test_a_nan_step_is_skipped_and_counted(tmp_path):
     run = tmp_path / "run"
     tr = Trainer(load_config(None, TINY_DIFFUSION + ["train.steps=6", "train.ema_decay=0.9"]), run)
-    _poison(tr, {3})
+    poison(tr, {3})
     res = tr.fit()
     assert res["status"] == "completed" and res["metrics"]["nonfinite_steps"] == 1
-    assert _finite(run / "model.safetensors")
+    assert finite_weights(run / "model.safetensors")
     assert [r["step"] for r in ckpt.read_metrics(run / "metrics.jsonl")[0]] == [1, 2, 3, 4, 5, 6]
 
 
@@ -193,16 +176,16 @@ def test_divergence_stops_the_run_without_saving_nan(tmp_path, cli, monkeypatch)
     run = tmp_path / "run"
     cfg = load_config(None, TINY_GAN + ["train.steps=20", "train.ckpt_every=3", "train.max_nonfinite_steps=3"])
     tr = Trainer(cfg, run)
-    _poison(tr, set(range(5, 21)))
+    poison(tr, set(range(5, 21)))
     with pytest.raises(GenforgeError, match=r"diverged.*steps 5-7.*train\.lr.*grad_clip.*step_00000003"):
         tr.fit()
     assert (run / "train_state" / "latest").read_text() == "step_00000003"
     for p in (run / "train_state").rglob("*.safetensors"):
-        assert _finite(p), p
+        assert finite_weights(p), p
     # the advice works: resume from the last good checkpoint with a lower learning rate
     code, out, err = cli("train", "--resume", run, "train.lr=5e-5", "--json")
     assert code == 0, err
-    assert json.loads(out)["step"] == 20 and _finite(run / "model.safetensors")
+    assert json.loads(out)["step"] == 20 and finite_weights(run / "model.safetensors")
     _assert_consistent(run)
 
 
