@@ -11,7 +11,7 @@ from typing import List, Optional
 import typer
 
 from .errors import GenforgeError
-from .train.checkpoint import check_writable
+from .train.checkpoint import atomic_write_png, check_writable
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Train, evaluate and sample small deep generative models.")
@@ -129,22 +129,16 @@ def sample(
             # generate() cycles through the classes; regroup so each row is one class
             order = sorted(range(n), key=lambda i: (i % k, i))
             images, nrow = images[order], n // k
-        _atomic_png(make_grid(images, nrow=nrow, scale=scale), grid)
+        atomic_write_png(grid, make_grid(images, nrow=nrow, scale=scale))
         written.append(str(grid))
     if out_dir is not None:
         from .data.transforms import to_pil_list
 
         out_dir.mkdir(parents=True, exist_ok=True)
         for i, im in enumerate(to_pil_list(images)):
-            _atomic_png(im, out_dir / f"{seed:06d}_{i:05d}.png")
+            atomic_write_png(out_dir / f"{seed:06d}_{i:05d}.png", im)
         written.append(f"{out_dir}/ ({n} files)")
     typer.echo("wrote " + ", ".join(written))
-
-
-def _atomic_png(image, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    image.save(tmp, format="PNG")
-    os.replace(tmp, path)
 
 
 @app.command()

@@ -16,6 +16,7 @@ full disk) removes its temporary files and raises a GenforgeError that names the
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
 import shutil
@@ -90,6 +91,13 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         _write_raw(path, data)
     except OSError as e:
         raise _write_failed(path, e, len(data)) from None
+
+
+def atomic_write_png(path: Path, image) -> None:
+    """A PIL image as a PNG file, written like every other run-directory file."""
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:

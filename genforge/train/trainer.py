@@ -8,7 +8,6 @@ uninterrupted one, and with the optimizer, EMA and BatchNorm states restored its
 from __future__ import annotations
 
 import copy
-import io
 import json
 import math
 import os
@@ -337,9 +336,7 @@ class Trainer:
     def _grid(self, images: torch.Tensor, path: Path):
         grid = make_grid(images, nrow=self.task.grid_columns, scale=2)
         path.parent.mkdir(exist_ok=True)
-        buf = io.BytesIO()
-        grid.save(buf, format="PNG")
-        ckpt.atomic_write_bytes(path, buf.getvalue())
+        ckpt.atomic_write_png(path, grid)
         return grid
 
     def _result(self, status: str, step: int, metrics: dict) -> dict[str, Any]:
