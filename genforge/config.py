@@ -37,6 +37,8 @@ class DataConfig(_Strict):
     limit: Optional[int] = Field(None, ge=1, description="use only the first N items (quick runs, tests)")
     num_items: int = Field(20000, ge=1, description="size of procedural datasets (shapes)")
     seed: int = Field(0, description="seed of procedural datasets")
+    max_objects: int = Field(3, ge=1, le=9, description="shapes: at most this many objects per scene "
+                             "(each scene has 1..max_objects, uniformly)")
     holdout: Literal["none", "default"] = Field("none", description="shapes: attribute and relation "
                                                 "combinations kept out of training (default: green "
                                                 "triangles, orange rings, a star directly below a ring)")

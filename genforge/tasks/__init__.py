@@ -9,6 +9,7 @@ optimizer it updates, returning detached scalars to log.
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -28,8 +29,10 @@ class Task:
     #: which model names this task trains; used for a clear error on a mismatch
     models: tuple[str, ...] = ()
 
-    def __init__(self, cfg: RunConfig, data: Examples | None = None):
-        self.cfg = cfg
+    def __init__(self, cfg: RunConfig, data: Examples | None = None, run_dir: Path | None = None):
+        # run_dir: where a task that derives files from the data (a tokenizer) keeps them, so a
+        # resumed run reads the same ones; None when the task is built outside a training run
+        self.cfg, self.run_dir = cfg, run_dir
         if cfg.model.name not in self.models:
             raise GenforgeError(
                 f"task {cfg.task!r} cannot train model {cfg.model.name!r}; use one of: {', '.join(self.models)}"
@@ -123,7 +126,8 @@ def preflight(cfg: RunConfig) -> None:
     if cfg.model.name not in cls.models:
         raise GenforgeError(f"task {cfg.task!r} cannot train model {cfg.model.name!r}; use one of: "
                             f"{', '.join(cls.models)}")
-    check_kwargs(cls.__init__, {"cfg": cfg, "data": None, **cfg.task_params}, f"task {cfg.task!r}")
+    check_kwargs(cls.__init__, {"cfg": cfg, "data": None, "run_dir": None, **cfg.task_params},
+                 f"task {cfg.task!r}")
     check_kwargs(fn, cfg.model.params, f"model {cfg.model.name!r}")
     accepted = inspect.signature(fn).parameters
     shape = {"image_size": cfg.data.image_size, "channels": cfg.data.channels or 3,
@@ -138,13 +142,14 @@ def preflight(cfg: RunConfig) -> None:
         raise GenforgeError(f"{key}{value} does not suit model {cfg.model.name!r}: {e}") from None
 
 
-def build_task(cfg: RunConfig, data: Examples | None = None) -> Task:
+def build_task(cfg: RunConfig, data: Examples | None = None, run_dir: Path | None = None) -> Task:
     from . import classify, diffusion, gan  # noqa: F401  (register the tasks)
 
     cls = TASKS.get(cfg.task)
-    check_kwargs(cls.__init__, {"cfg": cfg, "data": data, **cfg.task_params}, f"task {cfg.task!r}")
+    check_kwargs(cls.__init__, {"cfg": cfg, "data": data, "run_dir": run_dir, **cfg.task_params},
+                 f"task {cfg.task!r}")
     missing = [f for f in cls.needs if data is not None and not data.has(f)]
     if missing:
         raise GenforgeError(f"task {cfg.task!r} trains on {', '.join(cls.needs)} but dataset "
                             f"{cfg.data.name!r} has no {missing[0]!r} field (it has: {', '.join(data.fields)})")
-    return cls(cfg, data, **cfg.task_params)
+    return cls(cfg, data, run_dir=run_dir, **cfg.task_params)

@@ -30,8 +30,8 @@ class ClassifyTask(Task):
     models = ("cnn",)
     needs = ("image", "label")
 
-    def __init__(self, cfg, data=None, label_smoothing: float = 0.0):
-        super().__init__(cfg, data)
+    def __init__(self, cfg, data=None, run_dir=None, label_smoothing: float = 0.0):
+        super().__init__(cfg, data, run_dir)
         self.label_smoothing = label_smoothing
 
     def step(self, batch, optimize):

@@ -16,9 +16,9 @@ from . import Task
 class DiffusionTask(Task):
     models = ("diffusion",)
 
-    def __init__(self, cfg, data=None, cond_drop: float = 0.1, sample_steps: int = 20,
+    def __init__(self, cfg, data=None, run_dir=None, cond_drop: float = 0.1, sample_steps: int = 20,
                  sample_sampler: str = "dpm++"):
-        super().__init__(cfg, data)
+        super().__init__(cfg, data, run_dir)
         self.cond_drop, self.sample_steps, self.sample_sampler = cond_drop, sample_steps, sample_sampler
 
     def step(self, batch, optimize):

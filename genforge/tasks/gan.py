@@ -15,8 +15,8 @@ class GANTask(Task):
     #: D(fake) below this mean probability means the discriminator tells every fake apart
     WON_BELOW = 0.02
 
-    def __init__(self, cfg, data=None, won_after: int = 200):
-        super().__init__(cfg, data)
+    def __init__(self, cfg, data=None, run_dir=None, won_after: int = 200):
+        super().__init__(cfg, data, run_dir)
         self.nets = {"d": self.model.discriminator, "g": self.model.generator}
         self.won_after = won_after  # steps of d_fake < WON_BELOW before the user is told
         self._won_since: int | None = None

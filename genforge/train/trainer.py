@@ -157,7 +157,7 @@ class Trainer:
             )
         self.cfg = resolve_model_params(cfg, self.data)
         torch.manual_seed(self.cfg.train.seed)
-        self.task = build_task(self.cfg, self.data)
+        self.task = build_task(self.cfg, self.data, run_dir=self.run_dir)
         self.model = self.task.model.to(self.device)
         t = self.cfg.train
         self.scaler = torch.amp.GradScaler("cuda", enabled=t.amp and self.device.type == "cuda")
