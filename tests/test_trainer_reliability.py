@@ -202,3 +202,27 @@ def test_checkpoints_refuse_non_finite_weights(tmp_path):
     with pytest.raises(GenforgeError, match="NaN or inf"):
         ckpt.write_state(tmp_path, 1, {"model": {"w": torch.tensor([1.0, math.inf])}}, {"step": 1}, 2)
     assert not (tmp_path / "train_state").exists() or not list((tmp_path / "train_state").iterdir())
+
+
+def test_a_run_directory_being_trained_refuses_a_second_trainer(tmp_path, cli):
+    import fcntl
+
+    run = tmp_path / "run"
+    Trainer(load_config(None, TINY_GAN + ["train.steps=2", "train.ckpt_every=2"]), run).fit()
+    with open(run / ".lock", "a+") as held:  # what a live `genforge train` process holds
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.seek(0)
+        held.truncate()
+        held.write("pid 4242\n")
+        held.flush()
+        code, out, err = cli("train", "--resume", run, "train.steps=4")
+        assert code == 2 and "being trained by pid 4242" in err and len(err.strip().splitlines()) == 1
+        assert config_from_json(run / "config.json").train.steps == 2  # nothing was touched
+    code, out, err = cli("train", "--resume", run, "train.steps=4")  # lock released: it goes on
+    assert code == 0, err
+    assert json.loads((run / "train_state" / "step_00000004" / "state.json").read_text())["step"] == 4
+    # a new run into a directory holding only a stale lock file is not "not empty"
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / ".lock").write_text("pid 1\n")
+    assert cli("train", *TINY_GAN, "train.steps=1", "--out", fresh)[0] == 0

@@ -36,6 +36,10 @@ from .plots import write_loss_curve
 from .logging import Logger
 
 
+#: held (flock) while a process trains the run; it only ever holds the holder's pid
+LOCK_FILE = ".lock"
+
+
 def lr_at(cfg, step: int) -> float:
     """Learning rate of a step; a pure function of the step, so resuming needs no scheduler state."""
     t = cfg.train
@@ -201,7 +205,8 @@ class Trainer:
         has_config = (self.run_dir / "config.json").is_file()
         if self.resume and not has_config:
             raise GenforgeError(f"nothing to resume in {self.run_dir}: no config.json there")
-        if not self.resume and self.run_dir.exists() and any(self.run_dir.iterdir()):
+        if not self.resume and self.run_dir.exists() \
+                and any(p.name != LOCK_FILE for p in self.run_dir.iterdir()):
             raise GenforgeError(
                 f"run directory {self.run_dir} already exists and is not empty; "
                 "pass --resume to continue it or choose another --out"
@@ -355,6 +360,37 @@ class Trainer:
             f"genforge train --resume {self.run_dir} train.lr={t.lr / 4:g}")
 
     def fit(self) -> dict[str, Any]:
+        """Train to ``train.steps``, holding the run directory's lock so a second ``train`` or
+        ``--resume`` of the same directory (another terminal, a cron job) is refused, not interleaved."""
+        lock = self._lock_run_dir() if self.rank == 0 else None
+        try:
+            return self._fit()
+        finally:
+            if lock is not None:
+                lock.close()  # closing the descriptor releases the lock
+
+    def _lock_run_dir(self):
+        try:
+            import fcntl
+        except ImportError:  # Windows: no advisory locks; nothing else depends on this one
+            return None
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        f = open(self.run_dir / LOCK_FILE, "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            holder = (f.read().strip().splitlines() or ["another process"])[0]
+            f.close()
+            raise GenforgeError(f"{self.run_dir} is being trained by {holder}; wait for it to finish "
+                                "(or stop it) before training or resuming this run directory") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()}\n")
+        f.flush()
+        return f
+
+    def _fit(self) -> dict[str, Any]:
         t = self.cfg.train
         if self.resume:
             start = self.load_state()
