@@ -94,8 +94,12 @@ def sample(
     compile_: bool = typer.Option(False, "--compile", help="Run the model through torch.compile (pays "
                                   "off for many images or steps; compiled code is cached in "
                                   "~/.cache/genforge/inductor)."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", help="What to draw (text2image runs; empty: "
+                                         "unconditional samples)."),
+    negative_prompt: Optional[str] = typer.Option(None, "--negative-prompt", help="What guidance steers "
+                                                  "away from instead of the empty prompt (text2image runs)."),
 ):
-    """Generate images from a GAN or diffusion run."""
+    """Generate images from a GAN, diffusion or text2image run."""
     from . import load
     from .data.transforms import make_grid, to_uint8
     from .pipelines.image import ImagePipeline
@@ -106,22 +110,31 @@ def sample(
         if target is not None:
             check_writable(target)
     pipe = load(run_dir, device=device, step=step, compile=compile_)
-    if not isinstance(pipe, ImagePipeline):
-        raise GenforgeError(f"{run_dir} is a {pipe.cfg.task!r} run; sample needs a gan or diffusion run")
+    text = getattr(pipe, "kind", None) == "text2image"
+    if text and compile_:
+        pipe.compile()  # says that it samples eagerly
+    if not isinstance(pipe, ImagePipeline) and not text:
+        raise GenforgeError(f"{run_dir} is a {pipe.cfg.task!r} run; sample needs a gan, diffusion or "
+                            "text2image run")
+    if not text and (prompt is not None or negative_prompt is not None):
+        raise GenforgeError(f"{run_dir} is a {pipe.cfg.task!r} run: it takes no prompt (--labels picks classes "
+                            "of a class-conditional model)")
     given = {"steps": steps is not None, "sampler": sampler is not None, "guidance": guidance is not None}
-    steps, sampler = 25 if steps is None else steps, sampler or "dpm++"
+    steps, sampler = (getattr(pipe, "default_steps", 25) if steps is None else steps), sampler or "dpm++"
     pipe.check_sampling(steps, sampler, 1.0 if guidance is None else guidance, seed)  # errors before warnings
     ignored = [f"--{name}" for name, v in given.items()
-               if v and (pipe.kind == "gan" or (name == "guidance" and not pipe.conditional))]
+               if v and (pipe.kind == "gan" or (name == "guidance" and not (pipe.conditional or text)))]
     if ignored:
         why = "a GAN makes its images in one pass" if pipe.kind == "gan" else "guidance needs a class-conditional model"
         typer.echo(f"warning: {', '.join(ignored)} ignored: {why}", err=True)
     lab = [x.strip() for x in labels.split(",")] if labels else None
     from .train.logging import step_progress
 
-    with step_progress("sample", n_chunks=-(-n // 64), enabled=pipe.kind == "diffusion") as report:
+    words = {"prompt": prompt or "", "negative_prompt": negative_prompt} if text else {}
+    with step_progress("sample", n_chunks=-(-n // 64), enabled=pipe.kind in ("diffusion", "text2image")) as report:
         images = to_uint8(pipe.generate(n=n, seed=seed, steps=steps, sampler=sampler, labels=lab,
-                                        guidance=1.0 if guidance is None else guidance, progress=report))
+                                        guidance=guidance if text or guidance is not None else 1.0,
+                                        progress=report, **words))
     written = []
     if grid is not None:
         k = pipe.model.num_classes if pipe.conditional else 0
@@ -200,13 +213,9 @@ def info(run_dir: str = typer.Argument(..., help="Run directory or shipped model
 @app.command("models")
 def list_models():
     """List shipped models, recipes and every registered name."""
-    from . import eval as _eval  # noqa: F401  (registers the feature nets)
     from .config import RECIPES_DIR
-    from .data import captions, digits, fashion, folder, shapes  # noqa: F401  (register the datasets)
-    from .models import cnn, diffusion, gan  # noqa: F401  (register the models)
     from .pipelines import shipped_models
     from .registry import DATASETS, FEATURE_NETS, MODELS, TASKS
-    from .tasks import classify, diffusion as _diffusion, gan as _gan  # noqa: F401  (register the tasks)
 
     from .config import config_from_json
     from .pipelines import resolve_run_dir
@@ -271,6 +280,110 @@ def eval_accuracy(
                    err=True)
     _echo_json({"accuracy": accuracy(pipe.model, ds.images, ds.labels), "n": len(ds), "split": split,
                 "held_out": held_out})
+
+
+@app.command("classify")
+def classify_cmd(
+    run_dir: str = typer.Argument(..., help="Classifier or recogniser run directory, or shipped name."),
+    images: List[str] = typer.Argument(..., help="Image files (any mode: grey, RGBA, CMYK, 16-bit, palette)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+    device: str = typer.Option("auto"),
+):
+    """Recognise images: a classify run names each image's class; a recognize run reads each image's
+    objects (shape, colour, size, cell) and writes its caption."""
+    from . import load
+    from .pipelines.classify import ClassifierPipeline
+    from .pipelines.recognize import RecognizerPipeline, open_image
+
+    pictures = [open_image(p) for p in images]  # every file checked before the model is loaded
+    pipe = load(run_dir, device=device)
+    if isinstance(pipe, RecognizerPipeline):
+        results = [{"image": p, **r} for p, r in zip(images, pipe.describe(pictures))]
+        lines = []
+        for r in results:
+            lines.append(f"{r['image']}: {r['caption']}")
+            lines += [f"  {o['shape']} {o['color']} {o['size']} row={o['row']} col={o['col']}" for o in r["objects"]]
+            lines.append(f"  background {r['background'] or 'none'}")
+    elif isinstance(pipe, ClassifierPipeline):
+        results = [{"image": p, "label": top[0]["label"], "probability": top[0]["score"]}
+                   for p, top in zip(images, pipe(pictures, top_k=1))]
+        lines = [f"{r['image']}: {r['label']} ({r['probability']:.3f})" for r in results]
+    else:
+        raise GenforgeError(f"{run_dir} is a {pipe.cfg.task!r} run; classify needs a classify or recognize run")
+    _echo_json(results) if as_json else typer.echo("\n".join(lines))
+
+
+@eval_app.command("recognition")
+def eval_recognition(
+    run_dir: str = typer.Argument(..., help="Recognize run directory or shipped name."),
+    n: int = typer.Option(2000, "-n", min=1, help="Test scenes to read (those also in training are left out)."),
+    device: str = typer.Option("auto"),
+):
+    """Per-attribute accuracy (shape, colour, size, position, background, count) and all-correct rate of a
+    scene recogniser on test scenes it never trained on."""
+    from . import load
+    from .pipelines.recognize import RecognizerPipeline
+    from .tasks.recognize import evaluate_recognition
+
+    pipe = load(run_dir, device=device)
+    if not isinstance(pipe, RecognizerPipeline):
+        raise GenforgeError(f"{run_dir} is a {pipe.cfg.task!r} run; eval recognition needs a recognize run")
+    _echo_json({**evaluate_recognition(pipe.model, pipe.cfg.data, n), "split": "test"})
+
+@app.command("caption")
+def caption_cmd(
+    run_dir: str = typer.Argument(..., help="Caption run directory or shipped model name."),
+    images: List[Path] = typer.Argument(..., help="Image files (any format PIL reads)."),
+    beam: int = typer.Option(1, "--beam", help="Beam width, 1 to 16 (1: greedy)."),
+    max_length: Optional[int] = typer.Option(None, "--max-length", help="Most tokens per caption "
+                                             "([BOS] and [EOS] included; default: the model's)."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON list of {image, caption}."),
+    device: str = typer.Option("auto"),
+):
+    """Describe images in words: one caption per image (several images: PATH<TAB>CAPTION lines)."""
+    from . import load
+    from .pipelines.caption import CaptionPipeline
+
+    pipe = load(run_dir, device=device)
+    if not isinstance(pipe, CaptionPipeline):
+        raise GenforgeError(f"{run_dir} is a {pipe.cfg.task!r} run; caption needs a caption run")
+    captions = pipe.caption(images, beam=beam, max_length=max_length)  # every file is read before any output
+    if as_json:
+        _echo_json([{"image": str(p), "caption": c} for p, c in zip(images, captions)])
+    elif len(images) == 1:
+        typer.echo(captions[0])
+    else:
+        for p, c in zip(images, captions):
+            typer.echo(f"{p}\t{c}")
+
+
+@eval_app.command("captions")
+def eval_captions(
+    run_dir: str = typer.Argument(..., help="Caption run directory or shipped model name."),
+    n: int = typer.Option(1000, "-n", help="Test images per set."),
+    beam: int = typer.Option(1, "--beam", help="Beam width, 1 to 16 (1: greedy)."),
+    device: str = typer.Option("auto"),
+    out: Optional[Path] = typer.Option(None, help="Also write the JSON report here."),
+):
+    """BLEU-1..4, CIDEr-D and exact match on the run's test images (shapes runs with a hold-out:
+    seen and held-out compositions apart)."""
+    from . import load
+    from .pipelines.caption import CaptionPipeline
+    from .tasks.caption import caption_report
+
+    pipe = load(run_dir, device=device)
+    if not isinstance(pipe, CaptionPipeline):
+        raise GenforgeError(f"{run_dir} is a {pipe.cfg.task!r} run; eval captions needs a caption run")
+    if out is not None:
+        check_writable(out.parent)
+    report = {"run_dir": str(pipe.run_dir), "data": pipe.cfg.data.name,
+              **caption_report(pipe.model, pipe.tokenizer, pipe.cfg.data, items=n, beam=beam)}
+    if out is not None:
+        from .train.checkpoint import atomic_write_json
+
+        atomic_write_json(out, report)
+    _echo_json(report)
+
 
 # -- serving: genforge serve, genforge keys ------------------------------------------------------
 keys_app = typer.Typer(no_args_is_help=True, help="Manage API keys for `genforge serve`.")
@@ -500,10 +613,14 @@ def main() -> None:
     except Exception as e:  # click usage errors and the like
         import click
 
-        if isinstance(e, click.exceptions.ClickException):
+        try:  # typer >= 0.16 raises from its own copy of click for options' bounds and types
+            from typer._click import exceptions as typer_click
+        except ImportError:
+            typer_click = click.exceptions
+        if isinstance(e, (click.exceptions.ClickException, typer_click.ClickException)):
             e.show()
             sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Abort):
+        if isinstance(e, (click.exceptions.Abort, typer_click.Abort)):
             sys.exit(130)
         if debug:
             raise

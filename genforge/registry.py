@@ -4,6 +4,7 @@ Configs and the CLI look names up here; an unknown name is a GenforgeError listi
 """
 from __future__ import annotations
 
+import importlib
 import inspect
 from typing import Any, Callable
 
@@ -11,9 +12,19 @@ from .errors import GenforgeError
 
 
 class Registry:
-    def __init__(self, kind: str):
+    """``modules``: where the entries are defined, imported on first lookup, so a caller never has to
+    import a module only for its registrations (one list per registry, here)."""
+
+    def __init__(self, kind: str, modules: tuple[str, ...] = ()):
         self.kind = kind
         self._items: dict[str, Callable[..., Any]] = {}
+        self._modules, self._loaded = modules, not modules
+
+    def _load(self) -> None:
+        if not self._loaded:
+            self._loaded = True
+            for module in self._modules:
+                importlib.import_module(module)
 
     def register(self, name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         def deco(obj: Callable[..., Any]) -> Callable[..., Any]:
@@ -25,12 +36,15 @@ class Registry:
         return deco
 
     def names(self) -> list[str]:
+        self._load()
         return sorted(self._items)
 
     def __contains__(self, name: str) -> bool:
+        self._load()
         return name in self._items
 
     def get(self, name: str) -> Callable[..., Any]:
+        self._load()
         if name not in self._items:
             raise GenforgeError(
                 f"unknown {self.kind} {name!r}; choose one of: {', '.join(self.names())}"
@@ -60,10 +74,16 @@ def check_kwargs(fn: Callable[..., Any], kwargs: dict[str, Any], what: str) -> N
         )
 
 
-MODELS = Registry("model")
-TASKS = Registry("task")
-DATASETS = Registry("dataset")
-FEATURE_NETS = Registry("feature net")
+def _in(package: str, *names: str) -> tuple[str, ...]:
+    return tuple(f"genforge.{package}.{n}" for n in names)
+
+
+MODELS = Registry("model", _in("models", "cnn", "diffusion", "gan", "recognizer", "text2image", "captioner",
+                               "textgan"))
+TASKS = Registry("task", _in("tasks", "classify", "diffusion", "gan", "recognize", "text2image", "caption",
+                             "textgan"))
+DATASETS = Registry("dataset", _in("data", "captions", "digits", "fashion", "folder", "shapes"))
+FEATURE_NETS = Registry("feature net", _in("eval", "fid", "inception"))
 
 register_model = MODELS.register
 register_task = TASKS.register

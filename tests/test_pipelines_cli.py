@@ -124,6 +124,13 @@ def test_cli_bad_input_is_one_line_exit_2(cli, tmp_path, args, pattern):
     assert not (tmp_path / "r").exists(), "no partial run directory is left behind"
 
 
+def test_an_option_out_of_its_bounds_is_a_usage_error_exit_2(cli, tmp_path):
+    # typer checks min/max itself and raises from its own copy of click, not click's
+    code, out, err = cli("sample", "diffusion-shapes", "--scale", "0", "--grid", tmp_path / "x.png")
+    assert code == 2 and "--scale" in err and "Traceback" not in err
+    assert not (tmp_path / "x.png").exists()
+
+
 def test_cli_bad_sampler_and_truncated_weights(runs, cli, tmp_path):
     code, _, err = cli("sample", runs / "diff", "--sampler", "euler", "--grid", tmp_path / "x.png")
     assert code == 2 and "unknown sampler 'euler'" in err

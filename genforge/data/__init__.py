@@ -105,6 +105,4 @@ class ImageSet(Examples):
 
 def load_dataset(cfg: DataConfig) -> Examples:
     """Build the dataset named by ``cfg.name`` (see ``DATASETS.names()``)."""
-    from . import captions, digits, fashion, folder, shapes  # noqa: F401  (register the sources)
-
     return DATASETS.get(cfg.name)(cfg)

@@ -3,6 +3,4 @@ from ..registry import MODELS
 
 
 def build_model(name: str, **params):
-    from . import cnn, diffusion, gan  # noqa: F401  (register the models)
-
     return MODELS.build(name, **params)

@@ -91,6 +91,18 @@ def load_pipeline(path: str | Path, device: str = "auto", step: int | None = Non
     dev = pick_device(device)
     cfg, model = load_model(run_dir, dev, step)
     by_task = {"gan": ImagePipeline, "diffusion": ImagePipeline, "classify": ClassifierPipeline}
+    from .recognize import RecognizerPipeline
+
+    by_task["recognize"] = RecognizerPipeline
+    from .text2image import TextToImagePipeline
+
+    by_task["text2image"] = TextToImagePipeline
+    from .caption import CaptionPipeline
+
+    by_task["caption"] = CaptionPipeline
+    from .textgan import TextGANPipeline
+
+    by_task["textgan"] = TextGANPipeline
     if cfg.task not in by_task:
         raise GenforgeError(f"no pipeline for task {cfg.task!r}; known: {', '.join(by_task)}")
     pipe = by_task[cfg.task](cfg, model, run_dir, dev)

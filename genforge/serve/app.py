@@ -3,7 +3,7 @@ model once, starts one batching worker per model and the background-job runner.
 
 Routes: /v1/models, /v1/images/generations (OpenAI's shape), /v1/samples, /v1/images/classify,
 /v1/jobs; /healthz, /readyz and /metrics for operators; the web page at /; API docs at /docs and
-/redoc (see docs.py).
+/redoc (see docs.py). Text models (text-to-image, /v1/images/captions) are in text_routes.py.
 Every /v1 route needs ``Authorization: Bearer <key>`` (see auth.py); errors are OpenAI-style JSON.
 """
 from __future__ import annotations
@@ -191,6 +191,9 @@ def app_from_env() -> FastAPI:
 
 
 def create_app(settings: Optional[Settings] = None) -> FastAPI:
+    # text_routes builds on this module's helpers, so it is imported once they exist
+    from .text_routes import add_text_routes, create_text_job, text_generations, text_generator, text_job_handler
+
     settings = settings or Settings()
     keys = KeyStore(settings.keys_path, tolerant=True)  # a bad file later keeps the last good keys
     metrics = Metrics()
@@ -214,8 +217,8 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
         for m in models:
             m.batcher.start()
         store = await run_in_threadpool(JobStore, settings.resolved_jobs_url(), fernet_from_env())
-        runner = JobRunner(store, {"samples": run_samples_job}, max_attempts=settings.job_max_attempts,
-                           metrics=metrics)
+        runner = JobRunner(store, {"samples": run_samples_job, "text2image": text_job_handler(state)},
+                           max_attempts=settings.job_max_attempts, metrics=metrics)
         state.update(models=models, store=store, runner=runner)
         recovered = await runner.start()
         if keys.loaded and not any(not k.revoked for k in keys.list()):
@@ -260,7 +263,7 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
             store.close()
 
     app = FastAPI(title="genforge", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
-                  description="Generate and classify images with genforge models. Send "
+                  description="Generate, classify and caption images with genforge models. Send "
                               "`Authorization: Bearer <key>` on every /v1 route.")
     app.state.settings, app.state.keys, app.state.metrics, app.state.serve = settings, keys, metrics, state
 
@@ -383,10 +386,17 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     def list_models(key: KeyRecord = Depends(require("any"))):
         return {"object": "list", "data": [m.info() for m in state["models"]]}
 
-    @app.post("/v1/images/generations", response_model=ImagesResponse, tags=["images"])
+    @app.post("/v1/images/generations", response_model=ImagesResponse, response_model_exclude_none=True,
+              tags=["images"])
     async def images_generations(body: ImageGenerationRequest, request: Request,
                                  key: KeyRecord = Depends(require("generate"))):
+        text_gen = text_generator(state["models"], body.model)
+        if text_gen is not None:
+            return await text_generations(text_gen, body, request, settings)
         gen: ImageGenerator = state["models"].get(body.model, ImageGenerator.kind)
+        if body.negative_prompt is not None:
+            raise _ApiError(422, f"model {gen.id!r} takes no negative_prompt (only text-to-image models "
+                                 "do); leave it out", "invalid_value", "negative_prompt")
         _note(request, settings, model=gen.id, n=body.n, prompt=body.prompt)
         want = f"{gen.image_size}x{gen.image_size}"
         if body.size is not None and body.size != want:
@@ -420,21 +430,31 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
                        key: KeyRecord = Depends(require("classify"))):
         clf: ImageClassifier = state["models"].get(model, ImageClassifier.kind)
         _note(request, settings, model=clf.id)
+        im = await decode_upload(image, clf.pipe.image_size)
+        return {"model": clf.id, "labels": await clf.classify(im, top_k)}
+
+    async def decode_upload(image: UploadFile, size: int) -> Image.Image:
+        """An upload decoded on the decode threads, within the pixel limit, shrunk towards ``size``:
+        every route that reads an image goes through here."""
         data = await image.read()
         uploads[0] += 1
         try:
-            im = await asyncio.get_running_loop().run_in_executor(
-                state["decoder"], _read_image, data, settings.max_image_pixels, clf.pipe.image_size)
+            return await asyncio.get_running_loop().run_in_executor(
+                state["decoder"], _read_image, data, settings.max_image_pixels, size)
         finally:
             uploads[0] -= 1
             del data
             if uploads[0] == 0 and _trim_due.is_set():
                 _trim_due.clear()
                 await run_in_threadpool(malloc_trim)
-        return {"model": clf.id, "labels": await clf.classify(im, top_k)}
 
     @app.post("/v1/jobs", status_code=202, tags=["jobs"])
     async def create_job(body: JobRequest, request: Request, key: KeyRecord = Depends(require("generate"))):
+        if body.type == "text2image":
+            return await create_text_job(state, settings, body, request, key)
+        if body.params.prompt is not None or body.params.negative_prompt is not None:
+            raise _ApiError(422, "params.prompt: samples jobs take labels; send a prompt to a text-to-image "
+                                 "model with \"type\": \"text2image\"", "invalid_value", "params.prompt")
         gen: ImageGenerator = state["models"].get(body.params.model, ImageGenerator.kind)
         p = body.params
         if p.n > settings.max_job_images:
@@ -463,6 +483,8 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
         if row is None or (row.owner != key.id and not key.allows("admin")):
             raise _ApiError(404, f"no job {job_id[:64]!r} for this key", "job_not_found", "job_id")
         return store.public(row)
+
+    add_text_routes(app, state, settings, decode_upload)
 
     # -- the web page ------------------------------------------------------------------------------
     @app.get("/", include_in_schema=False)

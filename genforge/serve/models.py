@@ -144,9 +144,11 @@ class ImageGenerator(ServedModel):
             return None
         return [self.pipe.class_index(prompt, what="prompt")]
 
-    def prepare(self, n: int, seed: int, steps: int = 25, sampler: str = "dpm++", guidance: float = 1.0,
-                labels: Optional[Sequence[int | str]] = None) -> GenItem:
-        """Check a request before it is queued, so one bad request cannot fail a merged batch."""
+    def prepare(self, n: int, seed: int, steps: int = 25, sampler: str = "dpm++",
+                guidance: Optional[float] = 1.0, labels: Optional[Sequence[int | str]] = None) -> GenItem:
+        """Check a request before it is queued, so one bad request cannot fail a merged batch.
+        No guidance given (None) means none: a scale of 1."""
+        guidance = 1.0 if guidance is None else guidance
         self.pipe.check_sampling(steps, sampler, guidance, seed)
         return GenItem(n, seed, self.pipe.label_tensor(n, labels), steps, sampler, guidance)
 
@@ -336,6 +338,8 @@ def load_models(settings: Settings, executor: Optional[Executor], metrics: Any =
         run_dir = resolve_run_dir(src)
         pipe = load_pipeline(run_dir, device=settings.device, compile=settings.compile)
         cls = KINDS.get(type(pipe))
+        if cls is None and not settings.models:
+            continue  # serving "every shipped model": those without an endpoint yet are left out, not fatal
         if cls is None:
             raise GenforgeError(f"{run_dir}: genforge serve has no endpoint for {pipe.cfg.task!r} runs yet")
         models.add(cls(run_dir.name, pipe, settings, executor, metrics, encoder))

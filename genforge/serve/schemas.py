@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..pipelines.image import MAX_SEED
 Sampler = Literal["ddpm", "ddim", "dpm++", "dpm++sde"]
+MAX_PROMPT_CHARS = 1000  # a bound on the request; the model's token context cuts far sooner
 
 
 class _Body(BaseModel):
@@ -28,9 +29,15 @@ class _Sampling(_Body):
 
 class ImageGenerationRequest(_Sampling):
     """OpenAI's images/generations shape. ``prompt`` is ignored by unconditional models; a
-    class-conditional model takes one of its class names."""
+    class-conditional model takes one of its class names; a text-to-image model draws the text."""
     model_config = ConfigDict(extra="ignore")  # OpenAI clients send quality/style/user: accepted, unused
-    prompt: Optional[str] = Field(None, max_length=1000)
+    prompt: Optional[str] = Field(None, max_length=MAX_PROMPT_CHARS)
+    negative_prompt: Optional[str] = Field(None, max_length=MAX_PROMPT_CHARS, description="Text-to-image "
+                                           "models: what guidance steers away from.")
+    guidance: Optional[float] = Field(None, ge=0.0, le=50.0, description="Classifier-free guidance scale "
+                                      "(class-conditional and text-to-image diffusion). Omitted: 1 (none) "
+                                      "for class-conditional models, the model's own default for "
+                                      "text-to-image ones.")
     n: int = Field(1, ge=1, le=64)
     size: Optional[str] = Field(None, max_length=20, description="WIDTHxHEIGHT; must be the model's size.")
     response_format: Literal["b64_json"] = Field(
@@ -67,15 +74,24 @@ class SamplesRequest(_Sampling):
 
 class SamplesJobParams(SamplesRequest):
     n: int = Field(16, ge=1, le=1024)
+    guidance: Optional[float] = Field(None, ge=0.0, le=50.0, description="As in images/generations: "
+                                      "omitted, 1 for class-conditional models, the model's default for "
+                                      "text-to-image ones.")
+    prompt: Optional[str] = Field(None, max_length=MAX_PROMPT_CHARS, description="Jobs of type "
+                                  "text2image: the text to draw.")
+    negative_prompt: Optional[str] = Field(None, max_length=MAX_PROMPT_CHARS)
 
 
 class JobRequest(_Body):
-    type: Literal["samples"] = "samples"
+    type: Literal["samples", "text2image"] = Field("samples", description="samples: an image model "
+                                                   "(labels); text2image: a text-to-image model (prompt).")
     params: SamplesJobParams
 
 
 class ImageData(BaseModel):
     b64_json: str
+    revised_prompt: Optional[str] = Field(None, description="Text-to-image models, when the prompt was "
+                                          "changed: the text the model read (cut to its context).")
 
 
 class ImagesResponse(BaseModel):
@@ -84,6 +100,8 @@ class ImagesResponse(BaseModel):
     model: str
     seed: int
     output_format: str = "png"
+    warnings: Optional[list[str]] = Field(None, description="Text-to-image models: what was done to the "
+                                          "prompt (unknown words, cut to the context, empty).")
 
 
 class SamplesResponse(BaseModel):
@@ -115,3 +133,9 @@ class Prediction(BaseModel):
 class ClassifyResponse(BaseModel):
     model: str
     labels: list[Prediction]
+
+
+class CaptionResponse(BaseModel):
+    model: str
+    caption: str
+    beam: int = Field(description="The beam width the caption was searched with (1: greedy).")

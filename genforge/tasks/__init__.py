@@ -84,8 +84,6 @@ class Task:
 
 def resolve_model_params(cfg: RunConfig, data: Examples) -> RunConfig:
     """Fill the model's shape arguments from the dataset so config.json alone rebuilds the model."""
-    from ..models import cnn, diffusion, gan  # noqa: F401  (register the models)
-
     fn = MODELS.get(cfg.model.name)
     check_kwargs(fn, cfg.model.params, f"model {cfg.model.name!r}")
     accepted = inspect.signature(fn).parameters
@@ -119,9 +117,6 @@ def resolve_model_params(cfg: RunConfig, data: Examples) -> RunConfig:
 def preflight(cfg: RunConfig) -> None:
     """Check the whole config before any data is loaded: the task and its options, the model's option
     names, and the model's own checks of their values (built once at the configured image size)."""
-    from . import classify, diffusion, gan  # noqa: F401  (register the tasks)
-    from ..models import cnn, diffusion as _d, gan as _g  # noqa: F401  (register the models)
-
     cls, fn = TASKS.get(cfg.task), MODELS.get(cfg.model.name)
     if cfg.model.name not in cls.models:
         raise GenforgeError(f"task {cfg.task!r} cannot train model {cfg.model.name!r}; use one of: "
@@ -143,8 +138,6 @@ def preflight(cfg: RunConfig) -> None:
 
 
 def build_task(cfg: RunConfig, data: Examples | None = None, run_dir: Path | None = None) -> Task:
-    from . import classify, diffusion, gan  # noqa: F401  (register the tasks)
-
     cls = TASKS.get(cfg.task)
     check_kwargs(cls.__init__, {"cfg": cfg, "data": data, "run_dir": run_dir, **cfg.task_params},
                  f"task {cfg.task!r}")

@@ -84,9 +84,10 @@ async function connect(ev) {
     $("generate").disabled = !gens.length;
     $("classify").disabled = !clfs.length;
     updateGenFields();
-    setText("key-status", `Connected: ${gens.length} image generator(s), ${clfs.length} classifier(s).`);
+    const text = showTextModels();
+    setText("key-status", `Connected: ${gens.length} image generator(s), ${clfs.length} classifier(s)${text}.`);
   } catch (e) {
-    $("generate").disabled = $("classify").disabled = true;
+    $("generate").disabled = $("classify").disabled = $("t2i-generate").disabled = true;
     setText("key-status", "");
     setText("key-error", e.message);
   }
@@ -224,12 +225,113 @@ async function classify(ev) {
   }
 }
 
+// -- text models: generate from a prompt, caption an image ---------------------------------------
+const TEXT_TO_IMAGE = "text-to-image", CAPTIONER = "image-captioning";
+
+function showTextModels() {
+  const t2i = state.models.filter((m) => m.kind === TEXT_TO_IMAGE);
+  const caps = state.models.filter((m) => m.kind === CAPTIONER);
+  fillSelect($("t2i-model"), t2i);
+  fillSelect($("cap-model"), caps);
+  $("t2i-section").hidden = !t2i.length;
+  $("cap-section").hidden = !caps.length;
+  $("t2i-generate").disabled = !t2i.length;
+  updateTextFields();
+  return t2i.length || caps.length ? `, ${t2i.length} text-to-image, ${caps.length} captioner(s)` : "";
+}
+
+function currentTextModel() { return state.models.find((m) => m.id === $("t2i-model").value); }
+
+function updateTextFields() {
+  const m = currentTextModel();
+  const diffusion = Boolean(m && m.samplers && m.samplers.length);
+  for (const el of document.querySelectorAll(".t2i-diffusion")) el.classList.toggle("hidden-field", !diffusion);
+  if (m && m.default_steps) $("t2i-steps").value = m.default_steps;
+  $("t2i-guidance").placeholder = m && m.default_guidance != null ? `${m.default_guidance} (model default)` : "";
+}
+
+async function generateFromText(ev) {
+  ev.preventDefault();
+  setText("t2i-error", "");
+  setText("t2i-info", "Working...");
+  $("t2i-generate").disabled = true;
+  try {
+    const m = currentTextModel();
+    const body = { model: $("t2i-model").value, prompt: $("t2i-prompt").value, n: Number($("t2i-n").value),
+                   seed: Number($("t2i-seed").value) };
+    const negative = $("t2i-negative").value.trim();
+    if (negative) body.negative_prompt = negative;
+    if (m && m.samplers && m.samplers.length) {
+      body.steps = Number($("t2i-steps").value);
+      if ($("t2i-guidance").value !== "") body.guidance = Number($("t2i-guidance").value);
+    }
+    const res = await api("/v1/images/generations", {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
+    });
+    const gallery = $("t2i-gallery");
+    gallery.replaceChildren();
+    res.data.forEach((d, i) => {
+      const fig = document.createElement("figure");
+      const img = document.createElement("img");
+      img.src = `data:image/png;base64,${d.b64_json}`;
+      img.alt = `${d.revised_prompt || body.prompt} (seed ${res.seed}, image ${i})`;
+      const link = document.createElement("a");
+      link.href = img.src;
+      link.download = `${res.model}_seed${res.seed}_${String(i).padStart(3, "0")}.png`;
+      link.textContent = "download";
+      fig.append(img, link);
+      gallery.append(fig);
+    });
+    const notes = (res.warnings || []).join(" ");
+    setText("t2i-info", `${res.data.length} image(s) from ${res.model}, seed ${res.seed}.${notes ? " Note: " + notes : ""}`);
+  } catch (e) {
+    $("t2i-gallery").replaceChildren();  // the old images are not the answer to this prompt
+    setText("t2i-info", "");
+    setText("t2i-error", e.message);
+  } finally {
+    $("t2i-generate").disabled = false;
+  }
+}
+
+async function captionFile(file) {
+  setText("cap-error", "");
+  setText("cap-text", "");
+  $("cap-preview").hidden = true;
+  if (!file) return;
+  const form = new FormData();
+  form.append("image", file);
+  form.append("model", $("cap-model").value);
+  form.append("beam", $("cap-beam").value || "1");
+  setText("cap-text", "Captioning...");
+  try {
+    const res = await api("/v1/images/captions", { method: "POST", body: form });
+    $("cap-preview").src = URL.createObjectURL(file);
+    $("cap-preview").hidden = false;
+    setText("cap-text", res.caption);
+  } catch (e) {
+    setText("cap-text", "");
+    setText("cap-error", e.message);
+  }
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   $("key-form").addEventListener("submit", connect);
   $("gen-form").addEventListener("submit", generate);
   $("clf-form").addEventListener("submit", classify);
   $("gen-model").addEventListener("change", updateGenFields);
   $("download-grid").addEventListener("click", downloadGrid);
+  $("t2i-form").addEventListener("submit", generateFromText);
+  $("t2i-model").addEventListener("change", updateTextFields);
+  $("cap-file").addEventListener("change", () => captionFile($("cap-file").files[0]));
+  const drop = $("cap-drop");
+  drop.addEventListener("dragover", (ev) => { ev.preventDefault(); drop.classList.add("over"); });
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (ev) => {
+    ev.preventDefault();
+    drop.classList.remove("over");
+    if (ev.dataTransfer.files.length) $("cap-file").files = ev.dataTransfer.files;  // shows its name
+    captionFile(ev.dataTransfer.files[0]);
+  });
   if (state.key) {
     $("api-key").value = state.key;
     connect();

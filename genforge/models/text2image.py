@@ -1,0 +1,149 @@
+"""Text-to-image diffusion: diffusers' UNet2DConditionModel cross-attending to a text encoder's
+token states, trained and sampled with the noise schedule and samplers of ``models/diffusion.py``.
+
+The model takes token ids and a keep-mask; which tokenizer made the ids depends on the encoder
+(the run's own for ``transformer``, MiniLM's WordPiece for ``minilm``), and the task or pipeline
+that owns the tokenizer makes them. The empty text is the unconditional input: the task trains on
+it at rate ``cond_drop``, which is what classifier-free guidance at sample time needs.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+from diffusers import DDPMScheduler, UNet2DConditionModel
+from torch import nn
+
+from ..registry import register_model
+from ..text.encoders import ENCODERS, MINILM_DIM, TransformerTextEncoder, minilm_states
+from .diffusion import DiffusionModel
+
+Tokens = tuple[torch.Tensor, torch.Tensor]  # (ids, mask), both (B, L)
+
+
+class TextToImageModel(nn.Module):
+    # the same schedule-to-sampler mapping as unconditional diffusion, so both train and sample alike
+    make_scheduler = DiffusionModel.make_scheduler
+    _spacing = DiffusionModel._spacing
+
+    def __init__(
+        self,
+        channels: int = 3,
+        image_size: int = 32,
+        widths: tuple[int, ...] = (32, 64, 64),
+        layers_per_block: int = 1,
+        cross_attention: tuple[bool, ...] = (False, True, True),
+        attention_heads: int = 4,
+        text_encoder: str = "transformer",
+        vocab_size: int = 256,
+        context: int = 32,
+        text_dim: int = 64,
+        text_layers: int = 2,
+        text_heads: int = 4,
+        num_train_timesteps: int = 1000,
+        beta_schedule: str = "squaredcos_cap_v2",
+        prediction_type: str = "v_prediction",
+    ):
+        super().__init__()
+        widths, cross_attention = tuple(widths), tuple(cross_attention)
+        if len(widths) != len(cross_attention):
+            raise ValueError("widths and cross_attention need one entry per resolution level")
+        if text_encoder not in ENCODERS:
+            raise ValueError(f"unknown text_encoder {text_encoder!r}; choose one of: {', '.join(ENCODERS)}")
+        if image_size % 2 ** (len(widths) - 1):
+            raise ValueError(f"image_size {image_size} must be divisible by {2 ** (len(widths) - 1)} "
+                             f"for {len(widths)} resolution levels")
+        self.text_encoder_name, self.context = text_encoder, context
+        if text_encoder == "transformer":
+            self.text = TransformerTextEncoder(vocab_size, text_dim, text_layers, text_heads, context)
+        else:
+            # the frozen encoder is fetched per call (encoders.minilm_model), never stored here;
+            # only this projection to the UNet's cross-attention width is trained
+            self.text_proj = nn.Linear(MINILM_DIM, text_dim)
+        down = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in cross_attention)
+        up = tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(cross_attention))
+        self.unet = UNet2DConditionModel(
+            sample_size=image_size, in_channels=channels, out_channels=channels,
+            block_out_channels=widths, layers_per_block=layers_per_block,
+            down_block_types=down, up_block_types=up, mid_block_type="UNetMidBlock2DCrossAttn",
+            norm_num_groups=min(32, min(widths)), cross_attention_dim=text_dim,
+            # diffusers reads this legacy name as the number of heads
+            attention_head_dim=attention_heads,
+        )
+        self.scheduler_config = dict(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule,
+                                     prediction_type=prediction_type)
+        self.train_scheduler = DDPMScheduler(**self.scheduler_config)
+        self.channels, self.image_size = channels, image_size
+
+    def encode_text(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Per-token states (B, L, text_dim) the UNet attends to."""
+        if self.text_encoder_name == "transformer":
+            return self.text(ids, mask)
+        return self.text_proj(minilm_states(ids, mask))
+
+    def denoise(self, x: torch.Tensor, t: torch.Tensor, states: torch.Tensor, mask: torch.Tensor):
+        return self.unet(x, t, encoder_hidden_states=states, encoder_attention_mask=mask).sample
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor):
+        return self.denoise(x, t, self.encode_text(ids, mask), mask)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        noise: torch.Tensor,
+        cond: Tokens,
+        uncond: Optional[Tokens] = None,
+        guidance: float = 1.0,
+        steps: int = 12,
+        sampler: str = "dpm++",
+        generator: Optional[torch.Generator] = None,
+        progress: Optional[Callable[[int, int], None]] = None,
+    ) -> torch.Tensor:
+        """Denoise ``noise`` into images in [-1, 1] that match ``cond`` (ids, mask per image).
+
+        With ``guidance`` != 1 each step predicts for ``cond`` and ``uncond`` (the empty prompt or a
+        negative prompt, same length as ``cond``) in one batched forward and moves ``guidance``
+        times the difference past the unconditional prediction. The text is encoded once: its states
+        do not depend on the step.
+        """
+        ids, mask = cond
+        guided = guidance != 1.0
+        if guided:
+            if uncond is None:
+                raise ValueError("guidance needs the unconditional tokens")
+            width = max(ids.shape[1], uncond[0].shape[1])
+            ids = torch.cat([_pad(ids, width), _pad(uncond[0], width)])
+            mask = torch.cat([_pad(mask, width), _pad(uncond[1], width)])
+        states = self.encode_text(ids, mask)
+        sched = self.make_scheduler(sampler)
+        sched.set_timesteps(steps, device=noise.device)
+        x = noise * sched.init_noise_sigma
+        for i, t in enumerate(sched.timesteps):
+            inp = sched.scale_model_input(x, t)
+            if guided:
+                both = self.denoise(torch.cat([inp, inp]), t.expand(2 * x.shape[0]), states, mask)
+                c, u = both.chunk(2)
+                pred = u + guidance * (c - u)
+            else:
+                pred = self.denoise(inp, t.expand(x.shape[0]), states, mask)
+            x = sched.step(pred, t, x, generator=generator).prev_sample
+            if progress is not None:
+                progress(i + 1, len(sched.timesteps))
+        return x.clamp(-1, 1)
+
+
+def _pad(t: torch.Tensor, width: int) -> torch.Tensor:
+    """Right-pad (B, L) ids or masks with zeros (PAD, masked out) to ``width``."""
+    return torch.nn.functional.pad(t, (0, width - t.shape[1])) if t.shape[1] < width else t
+
+
+@register_model("text2image")
+def text2image(channels: int = 3, image_size: int = 32, widths: tuple[int, ...] = (32, 64, 64),
+               layers_per_block: int = 1, cross_attention: tuple[bool, ...] = (False, True, True),
+               attention_heads: int = 4, text_encoder: str = "transformer", vocab_size: int = 256,
+               context: int = 32, text_dim: int = 64, text_layers: int = 2, text_heads: int = 4,
+               num_train_timesteps: int = 1000, beta_schedule: str = "squaredcos_cap_v2",
+               prediction_type: str = "v_prediction") -> TextToImageModel:
+    return TextToImageModel(channels, image_size, widths, layers_per_block, cross_attention, attention_heads,
+                            text_encoder, vocab_size, context, text_dim, text_layers, text_heads,
+                            num_train_timesteps, beta_schedule, prediction_type)
