@@ -8,6 +8,10 @@ prompt is judged on its relation, not on cells it never named. Also: images/s fo
 pipeline's default steps and guidance, and peak RSS.
 
     python bench/text2image.py [RUN_DIR] [--gan TEXTGAN_RUN] [--prompts 64] [--guidance 1,2,3,5]
+                               [--rprecision CLIP_RUN [--rprecision-guidance 2] [--r 100]]
+
+--rprecision adds R-precision (genforge/eval/rprecision.py) per prompt set, judged by a contrastive
+run: of the generated images, and of the real test scenes the prompts describe (the ceiling).
 """
 from __future__ import annotations
 
@@ -28,18 +32,46 @@ from genforge.data.transforms import to_uint8  # noqa: E402
 from genforge.eval.verify import score  # noqa: E402
 
 
-def prompt_sets(cfg, n: int) -> dict[str, list[str]]:
+def prompt_sets(cfg, n: int, scenes: dict | None = None) -> dict[str, list[str]]:
+    """Captions per set; ``scenes``, when given, receives each set's real test images alongside."""
     data = cfg.data.model_copy(update={"holdout": "default", "split": "test"})
 
-    def captions(compositions: str, keep) -> list[str]:
+    def captions(name: str, compositions: str, keep) -> list[str]:
         # the stream is fixed per index, so a larger prefix only adds scenes
         got = load_dataset(data.model_copy(update={"compositions": compositions, "limit": 6 * n,
                                                     "num_items": max(data.num_items, 6 * n)}))
-        return [c for c, s in zip(got.column("caption"), got.column("spec")) if keep(s)][:n]
+        rows = [i for i, s in enumerate(got.column("spec")) if keep(s)][:n]
+        if scenes is not None:
+            scenes[name] = got.column("image")[torch.tensor(rows, dtype=torch.long)]
+        return [got.column("caption")[i] for i in rows]
 
-    return {"seen_one_object": captions("seen", lambda s: len(s.objects) == 1),
-            "seen_two_objects": captions("seen", lambda s: len(s.objects) == 2),
-            "heldout": captions("heldout", lambda s: True)}
+    return {"seen_one_object": captions("seen_one_object", "seen", lambda s: len(s.objects) == 1),
+            "seen_two_objects": captions("seen_two_objects", "seen", lambda s: len(s.objects) == 2),
+            "heldout": captions("heldout", "heldout", lambda s: True)}
+
+
+def rprecision(pipe, sets: dict[str, list[str]], real: dict, scorer_run: str, guidances: list[float],
+               r: int, seed: int, pool_size: int) -> dict:
+    """R-precision per prompt set of real test scenes and of generated images; distractors come from
+    the scorer's own test captions (a stream neither model trained on)."""
+    from genforge.data.transforms import to_float
+    from genforge.eval.rprecision import load_scorer, score_images
+
+    model, tok, ccfg = load_scorer(scorer_run)
+    pool_data = ccfg.data.model_copy(update={"split": "test", "limit": pool_size,
+                                             "num_items": max(ccfg.data.num_items, pool_size)})
+    pool = [c if isinstance(c, str) else c[0] for c in load_dataset(pool_data).column("caption")]
+    out: dict = {"scorer": str(scorer_run), "r": r, "pool": len(pool), "seed": seed,
+                 "real": {k: round(score_images(model, tok, to_float(real[k]), ps, pool, r, seed), 4)
+                          for k, ps in sets.items()}}
+    for g in guidances:
+        out[f"guidance_{g:g}"] = {
+            k: round(score_images(model, tok, pipe.generate(n=len(ps), seed=seed, prompt=ps, guidance=g),
+                                  ps, pool, r, seed), 4) for k, ps in sets.items()}
+    for k, v in out.items():
+        if isinstance(v, dict):
+            print(f"R-precision (R={r}) {k}: " + ", ".join(f"{n} {x:.3f}" for n, x in v.items()), flush=True)
+    return out
 
 
 def judge(images: torch.Tensor, prompts: list[str]) -> dict:
@@ -70,12 +102,22 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--name", default="text2image")
+    ap.add_argument("--rprecision", default=None, metavar="CLIP_RUN", help="a contrastive run (e.g. clip-shapes) "
+                    "to score R-precision with")
+    ap.add_argument("--rprecision-guidance", default="2")
+    ap.add_argument("--r", type=int, default=100, help="R: the true prompt and R-1 distractors")
+    ap.add_argument("--pool", type=int, default=2000, help="test captions the distractors are drawn from")
+    ap.add_argument("--skip-verify", action="store_true", help="only the R-precision figures")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
     pipe = genforge.load(args.run, device="cpu")
-    sets = prompt_sets(pipe.cfg, args.prompts)
-    scales = [float(g) for g in args.guidance.split(",")]
+    real: dict = {}
+    sets = prompt_sets(pipe.cfg, args.prompts, real)
+    scales = [] if args.skip_verify else [float(g) for g in args.guidance.split(",")]
+    if args.rprecision:
+        rp = rprecision(pipe, sets, real, args.rprecision,
+                        [float(g) for g in args.rprecision_guidance.split(",")], args.r, args.seed, args.pool)
     quality: dict = {}
     for g in scales:
         quality[f"guidance_{g:g}"] = {
@@ -86,8 +128,11 @@ def main() -> None:
     result = {"run": str(pipe.run_dir), "steps": args.steps or pipe.default_steps,
               "default_guidance": pipe.default_guidance,
               "params": sum(p.numel() for p in pipe.model.parameters()),
-              "prompts_per_set": {k: len(v) for k, v in sets.items()}, "quality": quality,
-              "speed_8_images_default": speed(pipe, sets["seen_two_objects"][0], steps=args.steps)}
+              "prompts_per_set": {k: len(v) for k, v in sets.items()}, "quality": quality}
+    if args.rprecision:
+        result["rprecision"] = rp
+    if not args.skip_verify:
+        result["speed_8_images_default"] = speed(pipe, sets["seen_two_objects"][0], steps=args.steps)
     if args.gan:
         gan = genforge.load(args.gan, device="cpu")
         result["gan"] = {"run": str(gan.run_dir), "quality": {

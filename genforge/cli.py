@@ -385,6 +385,58 @@ def eval_captions(
     _echo_json(report)
 
 
+@app.command("write")
+def write_cmd(
+    run_dir: str = typer.Argument(..., help="Language-model run directory."),
+    prompt: str = typer.Argument("", help="Text to continue (empty: start a fresh line)."),
+    max_tokens: int = typer.Option(200, "--max-tokens", help="Most tokens to generate (at least 1)."),
+    temperature: float = typer.Option(0.8, "--temperature", help="0: greedy; higher: more varied."),
+    top_k: int = typer.Option(50, "--top-k", help="Sample among the k likeliest tokens (0: off)."),
+    top_p: float = typer.Option(0.95, "--top-p", help="Sample among the smallest set of tokens whose "
+                                "probability reaches p, in (0, 1] (1: off)."),
+    stop: Optional[List[str]] = typer.Option(None, "--stop", help="End before this text (repeatable; "
+                                             "backslash escapes such as \\n are read)."),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option("auto"),
+):
+    """Continue a prompt with a language model, printing the text as it is generated."""
+    from . import load
+    from .pipelines.lm import LMPipeline, check_sampling
+
+    check_sampling(max_tokens, temperature, top_k, top_p)  # before the model is loaded
+    pipe = load(run_dir, device=device)
+    if not isinstance(pipe, LMPipeline):
+        raise GenforgeError(f"{run_dir} is a {pipe.cfg.task!r} run; write needs a language-model (lm) run")
+    stops = [s.encode("latin-1", "backslashreplace").decode("unicode_escape") for s in stop or []]
+    for piece in pipe.stream(prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k,
+                             top_p=top_p, stop=stops, seed=seed):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+
+
+@eval_app.command("perplexity")
+def eval_perplexity(
+    run_dir: str = typer.Argument(..., help="Language-model run directory."),
+    max_tokens: int = typer.Option(0, "--max-tokens", help="Score at most this many held-out tokens (0: all)."),
+    device: str = typer.Option("auto"),
+):
+    """Next-token loss and perplexity on the run's held-out text (its data.path, test split)."""
+    from . import load
+    from .data import load_dataset
+    from .pipelines.lm import LMPipeline
+    from .tasks.lm import perplexity, token_stream
+
+    pipe = load(run_dir, device=device)
+    if not isinstance(pipe, LMPipeline):
+        raise GenforgeError(f"{run_dir} is a {pipe.cfg.task!r} run; eval perplexity needs an lm run")
+    if pipe.cfg.data.val_fraction == 0:
+        raise GenforgeError(f"{run_dir} held no text out (data.val_fraction=0): there is nothing unseen to score")
+    held = load_dataset(pipe.cfg.data.model_copy(update={"split": "test", "limit": None}))
+    ids = token_stream(pipe.tokenizer, held.column("text"))
+    _echo_json({"run_dir": str(pipe.run_dir), **perplexity(pipe.model, ids, max_tokens)})
+
+
 # -- serving: genforge serve, genforge keys ------------------------------------------------------
 keys_app = typer.Typer(no_args_is_help=True, help="Manage API keys for `genforge serve`.")
 app.add_typer(keys_app, name="keys")

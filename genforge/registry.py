@@ -79,10 +79,10 @@ def _in(package: str, *names: str) -> tuple[str, ...]:
 
 
 MODELS = Registry("model", _in("models", "cnn", "diffusion", "gan", "recognizer", "text2image", "captioner",
-                               "textgan"))
+                               "textgan", "clip", "gpt"))
 TASKS = Registry("task", _in("tasks", "classify", "diffusion", "gan", "recognize", "text2image", "caption",
-                             "textgan"))
-DATASETS = Registry("dataset", _in("data", "captions", "digits", "fashion", "folder", "shapes"))
+                             "textgan", "contrastive", "lm"))
+DATASETS = Registry("dataset", _in("data", "captions", "digits", "fashion", "folder", "shapes", "text"))
 FEATURE_NETS = Registry("feature net", _in("eval", "fid", "inception"))
 
 register_model = MODELS.register

@@ -30,6 +30,18 @@ def test_shipped_model_runs_and_records_its_recipe(name):
         assert len(a) == 2 and [x.tobytes() for x in a] == [x.tobytes() for x in pipe(n=2, seed=3, steps=2)]
     elif cfg["task"] == "caption":
         assert 0 < cfg["notes"]["test_exact_match"] <= 1 and 0 < cfg["notes"]["test_bleu_4"] <= 1
+    elif cfg["task"] == "contrastive":
+        notes = cfg["notes"]
+        assert 0 < notes["test_text_to_image_top1"] <= 1 and 0 < notes["test_image_to_text_top1"] <= 1
+        assert all(0 <= v <= 1 for g in notes["r_precision"].values() for v in g.values())
+        import torch
+
+        from genforge.data.shapes import render_batch, scene_for_item
+        from genforge.data.transforms import to_float
+
+        scenes = [scene_for_item(i, seed=7, split="test", max_objects=2) for i in range(8)]
+        sim = pipe.similarity(to_float(render_batch(scenes, 32)), [s.caption() for s in scenes])
+        assert (sim.argmax(1) == torch.arange(8)).float().mean() >= 0.75  # each scene finds its own caption
     elif cfg["task"] == "text2image":
         scores = cfg["notes"]["verify"]["all_correct"]  # pixel-verifier rates per guidance and prompt set
         assert all(0 <= v <= 1 for g in scores.values() for v in g.values())

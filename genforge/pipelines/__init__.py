@@ -103,6 +103,12 @@ def load_pipeline(path: str | Path, device: str = "auto", step: int | None = Non
     from .textgan import TextGANPipeline
 
     by_task["textgan"] = TextGANPipeline
+    from .contrastive import ContrastivePipeline
+
+    by_task["contrastive"] = ContrastivePipeline
+    from .lm import LMPipeline
+
+    by_task["lm"] = LMPipeline
     if cfg.task not in by_task:
         raise GenforgeError(f"no pipeline for task {cfg.task!r}; known: {', '.join(by_task)}")
     pipe = by_task[cfg.task](cfg, model, run_dir, dev)
