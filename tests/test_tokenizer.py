@@ -68,3 +68,19 @@ def test_bad_tokenizer_input_is_a_clear_error(tmp_path):
 
 def test_caption_columns_with_several_captions_per_image_flatten():
     assert caption_texts(["a", ["b", "c"], "d"]) == ["a", "b", "c", "d"]
+
+
+def test_tokenizer_for_refuses_more_tokens_than_the_model_reads_before_writing(tmp_path):
+    # bpe keeps every character it saw, so its alphabet cannot be cut to the cap: refused, and no
+    # file is left to block the next try
+    with pytest.raises(GenforgeError, match="raise model.params.vocab_size to at least"):
+        tokenizer_for(CAPTIONS, tmp_path / "new", kind="bpe", vocab_size=8)
+    assert not (tmp_path / "new" / "tokenizer.json").exists()
+    # a saved file from a bigger run is refused too, and left as it was
+    tokenizer_for(CAPTIONS, tmp_path, vocab_size=300)
+    saved = (tmp_path / "tokenizer.json").read_text()
+    with pytest.raises(GenforgeError, match="tokenizer.json has"):
+        tokenizer_for(CAPTIONS, tmp_path, vocab_size=20)
+    assert (tmp_path / "tokenizer.json").read_text() == saved
+    # no text and no saved file (a task built outside a run): no tokenizer
+    assert tokenizer_for(None, tmp_path / "empty") is None

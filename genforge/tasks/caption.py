@@ -21,7 +21,7 @@ from ..data.shapes import Scene
 from ..data.transforms import to_float
 from ..errors import GenforgeError
 from ..registry import register_task
-from ..text.tokenizer import FILENAME, PAD, TextTokenizer, caption_texts, tokenizer_for
+from ..text.tokenizer import PAD, TextTokenizer, caption_texts, tokenizer_for
 from . import Task
 
 #: all orderings are listed up to this many objects (24 captions); beyond, two of them
@@ -163,18 +163,12 @@ class CaptionTask(Task):
         if cfg.data.flip:
             warnings.warn("data.flip is ignored by task 'caption': a mirrored picture swaps left and right "
                           "in its caption")
-        self.tokenizer: Optional[TextTokenizer] = None
         self._captions: tuple[int, list[list[str]]] = (-1, [])
+        texts = None
         if data is not None:
-            texts = caption_texts(data.column("caption"))
-            texts += caption_texts(self.captions(data))
-            self.tokenizer = tokenizer_for(texts, run_dir, kind=tokenizer, vocab_size=self.model.vocab_size)
-        elif run_dir is not None and (run_dir / FILENAME).is_file():
-            self.tokenizer = TextTokenizer.load(run_dir / FILENAME)
-        if self.tokenizer is not None and self.tokenizer.vocab_size > self.model.vocab_size:
-            raise GenforgeError(f"the run's tokenizer has {self.tokenizer.vocab_size} tokens but the model "
-                                f"only {self.model.vocab_size}; set model.params.vocab_size="
-                                f"{self.tokenizer.vocab_size} or more")
+            texts = caption_texts(data.column("caption")) + caption_texts(self.captions(data))
+        self.tokenizer: Optional[TextTokenizer] = tokenizer_for(texts, run_dir, kind=tokenizer,
+                                                                vocab_size=self.model.vocab_size)
 
     def captions(self, data: Examples) -> list[list[str]]:
         if self._captions[0] != id(data):  # computed once per dataset, not per step

@@ -18,7 +18,7 @@ from ..data.transforms import to_float
 from ..errors import GenforgeError
 from ..models.clip import info_nce
 from ..registry import register_task
-from ..text.tokenizer import FILENAME, TextTokenizer, caption_texts, tokenizer_for
+from ..text.tokenizer import caption_texts, tokenizer_for
 from . import Task
 
 
@@ -46,17 +46,8 @@ class ContrastiveTask(Task):
             raise GenforgeError(f"task_params.r must be at least 2 (the true caption and one distractor), got {r}")
         self.eval_items, self.r = eval_items, r
         cap = int(cfg.model.params.get("vocab_size", 256))
-        if data is not None:
-            self.tokenizer = tokenizer_for(caption_texts(data.column("caption")), run_dir, kind=tokenizer,
-                                           vocab_size=cap)
-        elif run_dir is not None and (Path(run_dir) / FILENAME).is_file():
-            self.tokenizer = TextTokenizer.load(run_dir)
-        else:
-            self.tokenizer = None
-        if self.tokenizer is not None and self.tokenizer.vocab_size > cap:
-            raise GenforgeError(f"the tokenizer has {self.tokenizer.vocab_size} tokens but "
-                                f"model.params.vocab_size={cap}; raise vocab_size to at least "
-                                f"{self.tokenizer.vocab_size} or start a new run")
+        texts = caption_texts(data.column("caption")) if data is not None else None
+        self.tokenizer = tokenizer_for(texts, run_dir, kind=tokenizer, vocab_size=cap)
 
     def collate(self, data: Examples, idx: torch.Tensor, generator: torch.Generator) -> dict[str, Any]:
         texts = pick_captions(data.column("caption"), idx, generator)

@@ -87,15 +87,9 @@ class LMTask(Task):
         # a new tokenizer is written only once every check below has passed: a refused run leaves
         # no files behind that would block the same --out on the next try
         fresh = data is not None and (run_dir is None or not (run_dir / FILENAME).is_file())
-        if data is not None:
-            self.tokenizer = tokenizer_for(data.column("text"), None if fresh else run_dir, kind=tokenizer,
-                                           vocab_size=self.model.vocab_size, lowercase=False)
-        elif run_dir is not None and (run_dir / FILENAME).is_file():
-            self.tokenizer = TextTokenizer.load(run_dir / FILENAME)
-        if self.tokenizer is not None and self.tokenizer.vocab_size > self.model.vocab_size:
-            raise GenforgeError(f"the run's tokenizer has {self.tokenizer.vocab_size} tokens but the model "
-                                f"only {self.model.vocab_size}; set model.params.vocab_size="
-                                f"{self.tokenizer.vocab_size} or more")
+        self.tokenizer = tokenizer_for(data.column("text") if data is not None else None,
+                                       None if fresh else run_dir, kind=tokenizer,
+                                       vocab_size=self.model.vocab_size, lowercase=False)
         self.held_out: Optional[Examples] = None
         if data is not None and eval_tokens and cfg.data.val_fraction > 0:
             # loaded now, so a corpus too small to hold text out fails before training, not after

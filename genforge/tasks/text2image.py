@@ -20,7 +20,7 @@ from ..data.transforms import to_float
 from ..errors import GenforgeError
 from ..registry import register_task
 from ..text.encoders import minilm_tokenize
-from ..text.tokenizer import FILENAME, TextTokenizer, caption_texts, tokenizer_for
+from ..text.tokenizer import TextTokenizer, caption_texts, tokenizer_for
 from . import Task
 
 GRID_ROWS = 8  # one prompt per row of the progress grids
@@ -60,16 +60,9 @@ class TextToImageTask(Task):
         params = cfg.model.params
         self.tokenizer: TextTokenizer | None = None
         if params.get("text_encoder", "transformer") == "transformer":
-            if data is not None:
-                self.tokenizer = tokenizer_for(caption_texts(data.column("caption")), run_dir, kind=tokenizer,
-                                               vocab_size=int(params.get("vocab_size", 256)))
-            elif run_dir is not None and (Path(run_dir) / FILENAME).is_file():
-                self.tokenizer = TextTokenizer.load(run_dir)
-            cap = int(params.get("vocab_size", 256))
-            if self.tokenizer is not None and self.tokenizer.vocab_size > cap:
-                raise GenforgeError(f"the tokenizer has {self.tokenizer.vocab_size} tokens but "
-                                    f"model.params.vocab_size={cap}; raise vocab_size to at least "
-                                    f"{self.tokenizer.vocab_size} or start a new run")
+            texts = caption_texts(data.column("caption")) if data is not None else None
+            self.tokenizer = tokenizer_for(texts, run_dir, kind=tokenizer,
+                                           vocab_size=int(params.get("vocab_size", 256)))
         self.prompts = self._grid_prompts(data) if data is not None else []
         self._eval_set: list[str] | None = None
 

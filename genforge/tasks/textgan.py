@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from ..data.transforms import to_float
 from ..errors import GenforgeError
 from ..registry import register_task
-from ..text.tokenizer import FILENAME, TextTokenizer, caption_texts, tokenizer_for
+from ..text.tokenizer import caption_texts, tokenizer_for
 from .gan import GANTask
 
 PROMPTS_FILE = "prompts.txt"
@@ -37,14 +37,6 @@ def pick_captions(column: Sequence[Any], idx: Sequence[int], generator: torch.Ge
     return out
 
 
-def load_run_tokenizer(run_dir: Path, vocab_size: int) -> TextTokenizer:
-    tok = TextTokenizer.load(Path(run_dir))
-    if tok.vocab_size > vocab_size:
-        raise GenforgeError(f"{run_dir}/tokenizer.json has {tok.vocab_size} tokens but the model reads at most "
-                            f"{vocab_size}; the tokenizer does not belong to this run")
-    return tok
-
-
 @register_task("textgan")
 class TextGANTask(GANTask):
     models = ("textgan",)
@@ -60,23 +52,8 @@ class TextGANTask(GANTask):
             # a mirrored image no longer matches "to the left of": flips would teach wrong captions
             raise GenforgeError("data.flip=true mirrors images but not their captions' left and right; "
                                 "set data.flip=false for textgan")
-        cap = self.model.vocab_size
-        saved = run_dir is not None and (Path(run_dir) / FILENAME).is_file()
-        if saved:  # a resumed run keeps the ids its weights were trained with
-            self.tokenizer = load_run_tokenizer(run_dir, cap)
-        elif data is not None:
-            # trained here and written only once it fits the model, so a refused run leaves no file behind
-            self.tokenizer = tokenizer_for(caption_texts(data.column("caption")), None, kind=tokenizer,
-                                           vocab_size=cap)
-            if self.tokenizer.vocab_size > cap:
-                raise GenforgeError(f"the captions need {self.tokenizer.vocab_size} tokens (every character "
-                                    f"they use, at least), more than model.params.vocab_size={cap}; raise "
-                                    "model.params.vocab_size")
-            if run_dir is not None:
-                Path(run_dir).mkdir(parents=True, exist_ok=True)
-                self.tokenizer.save(Path(run_dir) / FILENAME)
-        else:
-            self.tokenizer = None
+        texts = caption_texts(data.column("caption")) if data is not None else None
+        self.tokenizer = tokenizer_for(texts, run_dir, kind=tokenizer, vocab_size=self.model.vocab_size)
         # fixed prompts for the progress grids, one per row: the first captions of the test split, as
         # the text2image diffusion task picks them, so the two families' grids show the same prompts
         self.prompts = list(prompts) if prompts else (self._grid_prompts(data) if data is not None else None)

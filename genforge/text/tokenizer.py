@@ -158,14 +158,27 @@ class TextTokenizer:
         return self.tok.decode(kept, skip_special_tokens=True).strip()
 
 
-def tokenizer_for(texts: Iterable[str], run_dir: Optional[str | Path] = None, kind: str = "bpe",
-                  vocab_size: int = 1000, lowercase: bool = True) -> TextTokenizer:
+def tokenizer_for(texts: Optional[Iterable[str]], run_dir: Optional[str | Path] = None, kind: str = "bpe",
+                  vocab_size: int = 1000, lowercase: bool = True) -> Optional[TextTokenizer]:
     """The run's tokenizer: ``run_dir/tokenizer.json`` when it exists (a resumed run keeps the ids
-    its weights were trained with), else trained on ``texts`` and written there."""
-    if run_dir is not None and (Path(run_dir) / FILENAME).is_file():
-        return TextTokenizer.load(Path(run_dir) / FILENAME)
-    tok = TextTokenizer.train(texts, kind=kind, vocab_size=vocab_size, lowercase=lowercase)
-    if run_dir is not None:
+    its weights were trained with), else trained on ``texts`` and written there; None with neither
+    (a task built without data, outside a run).
+
+    ``vocab_size`` is the model's: a tokenizer with more tokens (a char alphabet larger than the
+    cap, or another run's file) is refused before anything is written, so a refused run leaves no
+    file behind that would block the same run directory on the next try."""
+    saved = run_dir is not None and (Path(run_dir) / FILENAME).is_file()
+    if saved:
+        tok = TextTokenizer.load(Path(run_dir) / FILENAME)
+    elif texts is None:
+        return None
+    else:
+        tok = TextTokenizer.train(texts, kind=kind, vocab_size=vocab_size, lowercase=lowercase)
+    if tok.vocab_size > vocab_size:
+        source = f"{Path(run_dir) / FILENAME} has" if saved else "the text needs"
+        raise GenforgeError(f"{source} {tok.vocab_size} tokens, more than model.params.vocab_size={vocab_size}; "
+                            f"raise model.params.vocab_size to at least {tok.vocab_size}")
+    if not saved and run_dir is not None:
         Path(run_dir).mkdir(parents=True, exist_ok=True)
         tok.save(Path(run_dir) / FILENAME)
     return tok
