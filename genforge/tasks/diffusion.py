@@ -5,11 +5,25 @@ rate, which is what lets classifier-free guidance work at sample time.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 
 from ..registry import register_task
 from . import Task
+
+
+def denoising_loss(sched, x0: torch.Tensor, predict: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]):
+    """The DDPM training loss of one batch: noise ``x0`` to random timesteps and compare
+    ``predict(xt, t)`` with the noise (epsilon models) or the velocity (v-prediction).
+    Noise and timesteps are drawn before ``predict`` runs, so a conditioning dropout drawn inside
+    it keeps the random stream's order."""
+    noise = torch.randn_like(x0)
+    t = torch.randint(0, sched.config.num_train_timesteps, (x0.shape[0],), device=x0.device)
+    pred = predict(sched.add_noise(x0, noise, t), t)
+    target = noise if sched.config.prediction_type == "epsilon" else sched.get_velocity(x0, noise, t)
+    return F.mse_loss(pred.float(), target.float())
 
 
 @register_task("diffusion")
@@ -22,19 +36,17 @@ class DiffusionTask(Task):
         self.cond_drop, self.sample_steps, self.sample_sampler = cond_drop, sample_steps, sample_sampler
 
     def step(self, batch, optimize):
-        x0 = batch["image"]
-        net, sched = self.nets["model"], self.model.train_scheduler
-        noise = torch.randn_like(x0)
-        t = torch.randint(0, sched.config.num_train_timesteps, (x0.shape[0],), device=x0.device)
-        xt = sched.add_noise(x0, noise, t)
-        labels = None
-        if self.model.num_classes:
-            labels = batch["label"].clone()
-            drop = torch.rand(labels.shape[0], device=labels.device) < self.cond_drop
-            labels[drop] = self.model.null_class
-        pred = net(xt, t, labels)
-        target = noise if sched.config.prediction_type == "epsilon" else sched.get_velocity(x0, noise, t)
-        loss = F.mse_loss(pred.float(), target.float())
+        net = self.nets["model"]
+
+        def predict(xt, t):
+            labels = None
+            if self.model.num_classes:
+                labels = batch["label"].clone()
+                drop = torch.rand(labels.shape[0], device=labels.device) < self.cond_drop
+                labels[drop] = self.model.null_class
+            return net(xt, t, labels)
+
+        loss = denoising_loss(self.model.train_scheduler, batch["image"], predict)
         optimize("model", loss)
         return {"loss": loss.detach()}
 

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from ..data import Examples
 from ..data.transforms import to_float
@@ -22,6 +21,7 @@ from ..registry import register_task
 from ..text.encoders import minilm_tokenize
 from ..text.tokenizer import TextTokenizer, caption_texts, tokenizer_for
 from . import Task
+from .diffusion import denoising_loss
 
 GRID_ROWS = 8  # one prompt per row of the progress grids
 
@@ -80,14 +80,9 @@ class TextToImageTask(Task):
         return {"image": images, "ids": ids, "mask": mask}
 
     def step(self, batch, optimize):
-        x0 = batch["image"]
-        net, sched = self.nets["model"], self.model.train_scheduler
-        noise = torch.randn_like(x0)
-        t = torch.randint(0, sched.config.num_train_timesteps, (x0.shape[0],), device=x0.device)
-        xt = sched.add_noise(x0, noise, t)
-        pred = net(xt, t, batch["ids"], batch["mask"])
-        target = noise if sched.config.prediction_type == "epsilon" else sched.get_velocity(x0, noise, t)
-        loss = F.mse_loss(pred.float(), target.float())
+        net = self.nets["model"]
+        loss = denoising_loss(self.model.train_scheduler, batch["image"],
+                              lambda xt, t: net(xt, t, batch["ids"], batch["mask"]))
         optimize("model", loss)
         return {"loss": loss.detach()}
 
