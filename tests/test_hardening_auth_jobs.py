@@ -175,10 +175,9 @@ def test_job_queued_without_key_then_run_with_key_reads_back(tmp_path, runs, key
 
 def test_server_without_the_key_leaves_encrypted_jobs_queued(tmp_path, runs, keys, serve_log):
     cfg = settings(tmp_path, runs, keys, models=("gan",))
-    key = Fernet(Fernet.generate_key())
-    sealed_store = JobStore(cfg.jobs_url, key)
+    sealed_store = JobStore(cfg.jobs_url, Fernet.generate_key())
     sealed = sealed_store.create("samples", "tiny-gan", GAN_PARAMS, keys["gen_id"])
-    for other in (JobStore(cfg.jobs_url), JobStore(cfg.jobs_url, Fernet(Fernet.generate_key()))):
+    for other in (JobStore(cfg.jobs_url), JobStore(cfg.jobs_url, Fernet.generate_key())):
         assert other.claim_next() is None and other.unopenable_queued() == 1  # no key, another key
         other.close()
     app = create_app(cfg)
@@ -207,7 +206,8 @@ _OLD_SCHEMA = """CREATE TABLE genforge_jobs (id VARCHAR(40) NOT NULL PRIMARY KEY
 
 
 def test_jobs_database_of_the_old_schema_still_opens(tmp_path):
-    key = Fernet(Fernet.generate_key())
+    raw = Fernet.generate_key()
+    key = Fernet(raw)
     path = tmp_path / "old.db"
     db = sqlite3.connect(path)
     db.execute(_OLD_SCHEMA)
@@ -223,7 +223,7 @@ def test_jobs_database_of_the_old_schema_still_opens(tmp_path):
     db.commit()
     db.close()
     url = f"sqlite:///{path}"
-    with_key = JobStore(url, key)
+    with_key = JobStore(url, raw)
     assert with_key.public(with_key.row("job_mixed"))["result"] == {"images": []}
     assert with_key.public(with_key.row("job_sealed"))["params"] == {"seed": 2}
     with_key.close()

@@ -15,6 +15,7 @@ for a server with their key; reading a field it cannot open is a message, never 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hashlib
 import json
@@ -38,24 +39,37 @@ STATUSES = ("queued", "running", "succeeded", "failed")
 _FERNET_PREFIX = b"gAAAAA"  # every Fernet token (version byte 0x80, then a timestamp); no JSON starts so
 
 
-def _key_id(fernet: Any) -> str:
-    """The name a field records for the key that sealed it: a hash, so it tells nothing of the key.
-    Fernet offers no public way to read its key back, only these two attributes (its halves)."""
-    return hashlib.sha256(b"genforge-jobs-key:" + fernet._signing_key + fernet._encryption_key).hexdigest()[:32]
+def _sealer(key: Any) -> tuple[Any, str]:
+    """A Fernet for ``key`` (the key itself, bytes or str) and the name fields record for it: a hash, so
+    it tells nothing of the key. Fernet offers no public way to read a key back from a Fernet object
+    (cryptography 51 dropped the private halves older versions had), so the store takes the key."""
+    from cryptography.fernet import Fernet
+
+    if isinstance(key, (bytes, str)):
+        raw = key.encode() if isinstance(key, str) else key
+        fernet = Fernet(raw)
+        material = base64.urlsafe_b64decode(raw)
+    elif hasattr(key, "_signing_key"):  # a Fernet object of cryptography < 51
+        fernet, material = key, key._signing_key + key._encryption_key
+    else:
+        raise TypeError("JobStore needs the Fernet key itself (bytes or str), not a Fernet object")
+    return fernet, hashlib.sha256(b"genforge-jobs-key:" + material).hexdigest()[:32]
 
 
 def fernet_from_env():
+    """The jobs key from GENFORGE_JOBS_KEY (checked), or None when it is not set."""
     key = os.environ.get("GENFORGE_JOBS_KEY")
     if not key:
         return None
     from cryptography.fernet import Fernet
 
     try:
-        return Fernet(key.encode())
+        Fernet(key.encode())
     except ValueError:
         raise GenforgeError("GENFORGE_JOBS_KEY is not a Fernet key (32 url-safe base64-encoded bytes); make "
                             "one with: python -c 'from cryptography.fernet import Fernet; "
                             "print(Fernet.generate_key().decode())'") from None
+    return key.encode()
 
 
 def _pid_alive(worker: Optional[str]) -> bool:
@@ -75,8 +89,8 @@ def _pid_alive(worker: Optional[str]) -> bool:
 class JobStore:
     def __init__(self, url: str, fernet: Any = None):
         check_url(url)
-        self.url, self.fernet = url, fernet
-        self.key_id = _key_id(fernet) if fernet is not None else None
+        self.url = url
+        self.fernet, self.key_id = _sealer(fernet) if fernet is not None else (None, None)
         self.worker = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self._unopenable: set[str] = set()  # queued jobs of older servers whose key turned out not ours
         try:
