@@ -76,7 +76,7 @@ def _train_summary(result: dict, steps: int) -> str:
 @app.command()
 def sample(
     run_dir: str = typer.Argument(..., help="Run directory or shipped model name."),
-    n: int = typer.Option(16, "-n", help="Number of images."),
+    n: Optional[int] = typer.Option(None, "-n", help="Number of images (default 16; video runs: clips, default 1)."),
     seed: int = typer.Option(0, help="Same seed, same images."),
     steps: Optional[int] = typer.Option(None, help="Denoising steps (diffusion; default 25)."),
     sampler: Optional[str] = typer.Option(None, help="ddpm, ddim, dpm++ or dpm++sde (diffusion; default dpm++)."),
@@ -98,18 +98,36 @@ def sample(
                                          "unconditional samples)."),
     negative_prompt: Optional[str] = typer.Option(None, "--negative-prompt", help="What guidance steers "
                                                   "away from instead of the empty prompt (text2image runs)."),
+    frames: Optional[int] = typer.Option(None, "--frames", help="Frames per clip (video runs; default: the "
+                                         "model's)."),
+    fps: Optional[int] = typer.Option(None, "--fps", help="Playback frames per second (video runs; default: "
+                                      "the run's data.fps)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write the clip here: .mp4, .gif or .png (a strip "
+                                       "of frames) (video runs; n > 1 clips side by side)."),
 ):
-    """Generate images from a GAN, diffusion or text2image run."""
+    """Generate images from a GAN, diffusion or text2image run, or clips from a video run."""
     from . import load
     from .data.transforms import make_grid, to_uint8
     from .pipelines.image import ImagePipeline
 
-    if grid is None and out_dir is None:
-        raise GenforgeError("say where to write the images: --grid FILE.png and/or --out-dir DIR")
-    for target in [grid.parent if grid else None, out_dir]:
+    video_args = {"--frames": frames, "--fps": fps, "--out": out}
+    if grid is None and out_dir is None and out is None:
+        raise GenforgeError("say where to write the images: --grid FILE.png and/or --out-dir DIR "
+                            "(video runs: --out FILE.mp4)")
+    for target in [grid.parent if grid else None, out_dir, out.parent if out else None]:
         if target is not None:
             check_writable(target)
     pipe = load(run_dir, device=device, step=step, compile=compile_)
+    if getattr(pipe, "kind", None) == "video":
+        from .cli_video import sample_video
+
+        return sample_video(pipe, n=n, seed=seed, steps=steps, sampler=sampler, guidance=guidance, labels=labels,
+                            grid=grid, out_dir=out_dir, scale=scale, prompt=prompt, negative_prompt=negative_prompt,
+                            frames=frames, fps=fps, out=out)
+    n = 16 if n is None else n
+    given_video = [k for k, v in video_args.items() if v is not None]
+    if given_video:
+        raise GenforgeError(f"{run_dir} is a {pipe.cfg.task!r} run: {', '.join(given_video)} need a video run")
     text = getattr(pipe, "kind", None) == "text2image"
     if text and compile_:
         pipe.compile()  # says that it samples eagerly
@@ -415,28 +433,6 @@ def write_cmd(
     sys.stdout.write("\n")
 
 
-@eval_app.command("perplexity")
-def eval_perplexity(
-    run_dir: str = typer.Argument(..., help="Language-model run directory."),
-    max_tokens: int = typer.Option(0, "--max-tokens", help="Score at most this many held-out tokens (0: all)."),
-    device: str = typer.Option("auto"),
-):
-    """Next-token loss and perplexity on the run's held-out text (its data.path, test split)."""
-    from . import load
-    from .data import load_dataset
-    from .pipelines.lm import LMPipeline
-    from .tasks.lm import perplexity, token_stream
-
-    pipe = load(run_dir, device=device)
-    if not isinstance(pipe, LMPipeline):
-        raise GenforgeError(f"{run_dir} is a {pipe.cfg.task!r} run; eval perplexity needs an lm run")
-    if pipe.cfg.data.val_fraction == 0:
-        raise GenforgeError(f"{run_dir} held no text out (data.val_fraction=0): there is nothing unseen to score")
-    held = load_dataset(pipe.cfg.data.model_copy(update={"split": "test", "limit": None}))
-    ids = token_stream(pipe.tokenizer, held.column("text"))
-    _echo_json({"run_dir": str(pipe.run_dir), **perplexity(pipe.model, ids, max_tokens)})
-
-
 # -- serving: genforge serve, genforge keys ------------------------------------------------------
 keys_app = typer.Typer(no_args_is_help=True, help="Manage API keys for `genforge serve`.")
 app.add_typer(keys_app, name="keys")
@@ -594,7 +590,7 @@ def serve(
 @keys_app.command("create")
 def keys_create(
     name: str = typer.Option(..., "--name", help="Who or what the key is for."),
-    scopes: str = typer.Option("generate", "--scopes", help="Comma-separated: generate, classify, admin."),
+    scopes: str = typer.Option("generate", "--scopes", help="Comma-separated: generate, classify, text, admin."),
     rate_limit: Optional[float] = typer.Option(None, "--rate-limit", help="Requests per second for this "
                                                "key (default: the server's --rate-limit)."),
     store: Optional[Path] = typer.Option(None, "--store", help=_KEYS_HELP),
@@ -672,12 +668,21 @@ def main() -> None:
         if isinstance(e, (click.exceptions.ClickException, typer_click.ClickException)):
             e.show()
             sys.exit(e.exit_code)
-        if isinstance(e, (click.exceptions.Abort, typer_click.Abort)):
+        if isinstance(e, (click.exceptions.Abort, getattr(typer_click, "Abort", click.exceptions.Abort))):
             sys.exit(130)
         if debug:
             raise
         typer.echo(f"error: {type(e).__name__}: {e} (run with --debug for a traceback)", err=True)
         sys.exit(1)
+
+
+# commands kept in their own modules register on app / eval_app when imported
+from . import cli_lm  # noqa: E402,F401
+from . import cli_data  # noqa: E402,F401
+from . import cli_speech_data  # noqa: E402,F401
+from . import cli_translate  # noqa: E402,F401
+from . import cli_video  # noqa: E402,F401
+from . import cli_speech  # noqa: E402,F401
 
 
 if __name__ == "__main__":

@@ -41,10 +41,19 @@ class DataConfig(_Strict):
                              "(each scene has 1..max_objects, uniformly)")
     holdout: Literal["none", "default"] = Field("none", description="shapes: attribute and relation "
                                                 "combinations kept out of training (default: green "
-                                                "triangles, orange rings, a star directly below a ring)")
+                                                "triangles, orange rings, a star directly below a ring; "
+                                                "shapes_video: green triangles rising, rings moving left, "
+                                                "stars growing)")
     compositions: Literal["all", "seen", "heldout"] = Field("all", description="shapes test split with a "
                                                             "holdout: every scene, only scenes without a "
                                                             "held-out combination, or only scenes with one")
+    target_path: Optional[str] = Field(None, description="parallel: a second UTF-8 text file aligned with "
+                                       "data.path line by line (line i of path translates to line i of "
+                                       "target_path); null: data.path is a src<TAB>tgt .tsv file or folder")
+    frames: int = Field(16, ge=1, le=64, description="video: frames per clip (folder clips are resampled "
+                        "uniformly in time to this many)")
+    fps: int = Field(8, ge=1, le=60, description="video: playback frames per second of clips and written "
+                     "samples")
 
 
 class ModelConfig(_Strict):

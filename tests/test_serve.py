@@ -184,8 +184,8 @@ def test_not_found_and_malformed(client, keys):
     r = client.post("/v1/samples", json={"model": "tiny-gan", "labels": ["square"]}, headers=h)
     assert r.status_code == 422 and "unconditional" in r.json()["error"]["message"]
     assert client.get("/v1/jobs/../../etc/passwd", headers=h).status_code == 404
-    r = client.post("/v1/audio/speech", headers=h, json={"input": "hi"})  # no speech pipeline served
-    assert r.status_code == 404 and r.json()["error"]["message"].startswith("no route POST /v1/audio/speech;")
+    r = client.post("/v1/embeddings", headers=h, json={"input": "hi"})  # an OpenAI route genforge lacks
+    assert r.status_code == 404 and r.json()["error"]["message"].startswith("no route POST /v1/embeddings;")
     r = client.delete("/v1/models", headers=h)
     assert r.status_code == 405 and "/v1/models does not take DELETE" in r.json()["error"]["message"]
 

@@ -69,3 +69,81 @@ def expected_b64(run_dir: Path, n: int, seed: int, **kw) -> list[str]:
         warnings.simplefilter("ignore")  # the unknown-word notes the server returns as warnings
         x = pipeline(run_dir).generate(n=n, seed=seed, **kw)
     return [base64.b64encode(png_bytes(im)).decode() for im in to_pil_list(to_uint8(x))]
+
+
+def lm_corpus(path: Path, lines: int = 300) -> Path:
+    """A small text with chat-like turns, so a few training steps give the model some habits."""
+    words = ["alpha", "beta", "gamma", "delta", "omega"]
+    text = "".join(f"User: say {words[i % 5]} {words[(3 * i) % 5]}\nAssistant: {words[(3 * i) % 5]} "
+                   f"{words[i % 5]} line {i}.\n" for i in range(lines))
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+LM = ["task=lm", "model.name=gpt", "model.params.vocab_size=64", "model.params.block_size=64",
+      "model.params.n_layer=2", "model.params.n_head=2", "model.params.n_embd=32", "data.name=text",
+      "train.batch_size=8", "train.steps=30", "train.tensorboard=false", "train.log_every=10",
+      "train.lr=3e-3", "task_params.tokenizer=char", "task_params.eval_tokens=200", "data.val_fraction=0.2"]
+
+
+_lm_trained: dict[str, Path] = {}  # apart from _trained, which text_runs fills all at once
+
+
+@pytest.fixture(scope="session")
+def lm_run(tmp_path_factory) -> Path:
+    """A character-level GPT (64-token context) trained 30 steps on ``lm_corpus``."""
+    import torch
+
+    from genforge.config import load_config
+    from genforge.train.trainer import Trainer
+
+    if "lm" not in _lm_trained:
+        root = tmp_path_factory.mktemp("lm-run")
+        corpus = lm_corpus(root / "corpus.txt")
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            Trainer(load_config(None, LM + [f"data.path={corpus}"]), root / "tiny-lm").fit()
+        finally:
+            torch.set_num_threads(threads)
+        _lm_trained["lm"] = root / "tiny-lm"
+    return _lm_trained["lm"]
+
+
+_EN_ES = {"the": "el", "red": "rojo", "house": "casa", "is": "es", "big": "grande", "small": "pequeño",
+          "dog": "perro", "cat": "gato", "sees": "ve", "a": "un", "green": "verde", "tree": "árbol"}
+TRANSLATE = ["task=translate", "model.name=seq2seq", "model.params.vocab_size=200", "model.params.d_model=32",
+             "model.params.n_layer_enc=1", "model.params.n_layer_dec=1", "model.params.n_head=2",
+             "model.params.d_ff=64", "model.params.max_len=32", "data.name=parallel", "data.val_fraction=0.2",
+             "train.steps=6", "train.batch_size=16", "train.lr=3e-3", "train.tensorboard=false",
+             "train.log_every=2", "task_params.eval_sentences=4"]
+
+
+@pytest.fixture(scope="session")
+def translate_run(tmp_path_factory) -> Path:
+    """A tiny English -> Spanish seq2seq run, trained 6 steps on made-up word-for-word pairs."""
+    import random
+
+    import torch
+
+    from genforge.config import load_config
+    from genforge.train.trainer import Trainer
+
+    if "translate" not in _lm_trained:
+        root = tmp_path_factory.mktemp("translate-run")
+        rng, words = random.Random(0), list(_EN_ES)
+        lines = []
+        for i in range(200):
+            ws = [rng.choice(words) for _ in range(rng.randint(2, 6))]
+            lines.append(" ".join(ws) + f" {i}.\t" + " ".join(_EN_ES[w] for w in ws) + f" {i}.\n")
+        (root / "pairs.tsv").write_text("".join(lines), encoding="utf-8")
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                Trainer(load_config(None, TRANSLATE + [f"data.path={root / 'pairs.tsv'}"]), root / "tiny-mt").fit()
+        finally:
+            torch.set_num_threads(threads)
+        _lm_trained["translate"] = root / "tiny-mt"
+    return _lm_trained["translate"]

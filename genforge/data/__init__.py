@@ -20,11 +20,16 @@ FIELDS: dict[str, str] = {
     "label": "int64 tensor (N,): an index into class_names",
     "caption": "list of N: an English description of the example, a str, or a list of str when an "
                "image has several",
-    "spec": "list of N structured descriptions (shapes: Scene objects)",
+    "spec": "list of N structured descriptions (shapes: Scene objects; shapes_video: VideoScene objects)",
     "text": "list of N str: a text sequence (language data)",
     "tokens": "list of N int64 tensors of varying length",
     "audio": "list of N float32 tensors (samples,) at meta['sample_rate']",
     "frames": "uint8 tensor (N, T, C, H, W): video clips",
+    "source": "list of N str: a sentence in the source language (parallel text)",
+    "target": "list of N str: the translation of the same example's source sentence",
+    "phonemes": "list of N str: IPA of the example's text (espeak-ng en-us, stress and punctuation kept)",
+    "mel": "list of N float32 tensors (n_mels, frames): log-mel of the audio (genforge.audio.features)",
+    "speaker": "list of N str: who speaks the example's audio",
 }
 
 

@@ -2,7 +2,9 @@
 
 Pre-norm blocks, attention through ``scaled_dot_product_attention`` (fused kernels where the device
 has them), learned or rotary positions, and the output projection tied to the token embedding, which
-saves ``vocab_size * n_embd`` weights and helps small models on small corpora.
+saves ``vocab_size * n_embd`` weights and helps small models on small corpora. Sizes come from a named
+preset (``PRESETS``: tiny 0.84 M, mini 2.75 M, small 6.42 M parameters), any of which the explicit
+``block_size`` / ``n_layer`` / ``n_head`` / ``n_embd`` override.
 """
 from __future__ import annotations
 
@@ -18,6 +20,13 @@ from ..registry import register_model
 #: (keys, values) per layer, each (B, n_head, T, head_dim)
 Cache = list[tuple[torch.Tensor, torch.Tensor]]
 POSITIONS = ("learned", "rotary")
+#: sizes by name (``model.params.preset``); parameters with vocab_size 256, tied weights, learned positions:
+#: tiny 0.84 M (3.3 MB fp32), mini 2.75 M (11 MB), small 6.42 M (25.7 MB)
+PRESETS = {
+    "tiny": dict(block_size=128, n_layer=4, n_head=4, n_embd=128),
+    "mini": dict(block_size=256, n_layer=6, n_head=6, n_embd=192),
+    "small": dict(block_size=256, n_layer=8, n_head=8, n_embd=256),
+}
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -45,12 +54,31 @@ class Attention(nn.Module):
         S = k.shape[2]
         if S == T:
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
+        elif T == 1:  # one new token sees every cached key: no mask to build (the common decode step)
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
         else:
             # new queries sit after the cached keys: is_causal would align them with the first keys
             mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=S - T)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.drop(self.proj(y)), (k, v)
+
+    def decode(self, x, rope, kv, lengths):
+        """One new token per row (x: (B, 1, C)), row i at position ``lengths[i]``: its key and value
+        are written into that slot of the row's cache (kv: (B, n_head, L, head_dim) each, updated in
+        place) and it attends to the row's first ``lengths[i] + 1`` slots."""
+        B, _, C = x.shape
+        q, k, v = (t.view(B, 1, self.n_head, C // self.n_head).transpose(1, 2)
+                   for t in self.qkv(x).split(C, dim=2))
+        if rope is not None:
+            q, k = _rotate(q, *rope), _rotate(k, *rope)
+        rows = torch.arange(B, device=x.device)
+        kv[0][rows, :, lengths] = k[:, :, 0]
+        kv[1][rows, :, lengths] = v[:, :, 0]
+        S = int(lengths.max()) + 1  # slots past the longest row hold nothing yet
+        mask = (torch.arange(S, device=x.device)[None, :] <= lengths[:, None])[:, None, None, :]
+        y = F.scaled_dot_product_attention(q, kv[0][:, :, :S], kv[1][:, :, :S], attn_mask=mask)
+        return self.proj(y.transpose(1, 2).reshape(B, 1, C))
 
 
 class Block(nn.Module):
@@ -67,13 +95,23 @@ class Block(nn.Module):
         x = x + a
         return x + self.mlp(self.ln2(x)), kv
 
+    def decode(self, x, rope, kv, lengths):
+        x = x + self.attn.decode(self.ln1(x), rope, kv, lengths)
+        return x + self.mlp(self.ln2(x))
+
 
 @register_model("gpt")
 class GPT(nn.Module):
-    def __init__(self, vocab_size: int = 256, block_size: int = 128, n_layer: int = 4, n_head: int = 4,
-                 n_embd: int = 128, dropout: float = 0.0, positions: str = "learned", bias: bool = False,
-                 tie_weights: bool = True):
+    def __init__(self, vocab_size: int = 256, block_size: Optional[int] = None, n_layer: Optional[int] = None,
+                 n_head: Optional[int] = None, n_embd: Optional[int] = None, dropout: float = 0.0,
+                 positions: str = "learned", bias: bool = False, tie_weights: bool = True, preset: str = "tiny"):
         super().__init__()
+        if preset not in PRESETS:
+            raise ValueError(f"preset must be one of {', '.join(PRESETS)}, got {preset!r}")
+        # the preset fills in the sizes not given, so preset=small block_size=128 is small with a shorter context
+        given = dict(block_size=block_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd)
+        sizes = {**PRESETS[preset], **{k: v for k, v in given.items() if v is not None}}
+        block_size, n_layer, n_head, n_embd = (sizes[k] for k in ("block_size", "n_layer", "n_head", "n_embd"))
         if positions not in POSITIONS:
             raise ValueError(f"positions must be one of {', '.join(POSITIONS)}, got {positions!r}")
         if n_embd % n_head or (positions == "rotary" and (n_embd // n_head) % 2):
@@ -130,6 +168,25 @@ class GPT(nn.Module):
         logits = self.head(self.ln_f(x))
         return (logits, present) if use_cache else logits
 
+    def decode_step(self, idx: torch.Tensor, cache: Cache, lengths: torch.Tensor) -> torch.Tensor:
+        """Last-position logits (B, vocab) for one new id per row (``idx`` (B,)), where row i already
+        holds ``lengths[i]`` tokens in ``cache`` (per layer (keys, values), each (B, n_head, L,
+        head_dim), rows left-aligned; the new keys and values are written into it). Rows of different
+        lengths decode together: what continuous batching in the server needs. Same logits as
+        ``forward`` with a ``past`` of each row's tokens, up to float rounding."""
+        if int(lengths.max()) >= min(self.block_size, cache[0][0].shape[2]):
+            raise ValueError(f"a row would exceed the cache or the model's context of {self.block_size}")
+        x = self.wte(idx)[:, None]
+        rope = None
+        if self.wpe is not None:
+            x = x + self.wpe(lengths)[:, None]
+        else:
+            ang = lengths[:, None].float() * self.inv_freq[None, :]
+            rope = (ang.cos().to(x.dtype)[:, None, None], ang.sin().to(x.dtype)[:, None, None])
+        for block, kv in zip(self.blocks, cache):
+            x = block.decode(x, rope, kv, lengths)
+        return self.head(self.ln_f(x))[:, 0]
+
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
     """``logits`` (..., V) with everything outside the top ``top_k`` tokens and outside the smallest
@@ -152,7 +209,10 @@ def pick(logits: torch.Tensor, temperature: float, top_k: int, top_p: float,
     """Next ids (B,) from last-position logits (B, V); temperature 0 is greedy."""
     if temperature == 0:
         return logits.argmax(-1)
-    probs = filter_logits(logits.float() / temperature, top_k, top_p).softmax(-1)
+    logits = logits.float()
+    # shifted so the largest is 0: a tiny temperature then gives -inf for the rest, not inf - inf = nan
+    logits = logits - logits.max(-1, keepdim=True).values
+    probs = filter_logits(logits / temperature, top_k, top_p).softmax(-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 

@@ -109,6 +109,15 @@ def load_pipeline(path: str | Path, device: str = "auto", step: int | None = Non
     from .lm import LMPipeline
 
     by_task["lm"] = LMPipeline
+    from .translate import TranslatePipeline
+
+    by_task["translate"] = TranslatePipeline
+    from .speech import SpeechPipeline, VocoderPipeline
+
+    by_task.update(tts=SpeechPipeline, vocoder=VocoderPipeline)
+    from .video import VideoPipeline
+
+    by_task["video"] = VideoPipeline
     if cfg.task not in by_task:
         raise GenforgeError(f"no pipeline for task {cfg.task!r}; known: {', '.join(by_task)}")
     pipe = by_task[cfg.task](cfg, model, run_dir, dev)

@@ -50,8 +50,8 @@ WEB_DIR = Path(__file__).resolve().parent / "web"
 _ERROR_KIND = {401: "authentication_error", 403: "permission_error", 404: "not_found_error",
                503: "server_overloaded"}
 _bearer = HTTPBearer(auto_error=False, description="An API key from `genforge keys create`.")
-_CSP = ("default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
-        "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
+_CSP = ("default-src 'self'; img-src 'self' data: blob:; media-src 'self' blob:; style-src 'self'; "
+        "script-src 'self'; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
 
 
 class _ApiError(Exception):
@@ -193,6 +193,9 @@ def app_from_env() -> FastAPI:
 def create_app(settings: Optional[Settings] = None) -> FastAPI:
     # text_routes builds on this module's helpers, so it is imported once they exist
     from .text_routes import add_text_routes, create_text_job, text_generations, text_generator, text_job_handler
+    from .lm_routes import add_lm_routes
+    from .video_routes import add_video_routes, video_job_handler
+    from .speech_routes import add_speech_routes
 
     settings = settings or Settings()
     keys = KeyStore(settings.keys_path, tolerant=True)  # a bad file later keeps the last good keys
@@ -217,7 +220,8 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
         for m in models:
             m.batcher.start()
         store = await run_in_threadpool(JobStore, settings.resolved_jobs_url(), fernet_from_env())
-        runner = JobRunner(store, {"samples": run_samples_job, "text2image": text_job_handler(state)},
+        runner = JobRunner(store, {"samples": run_samples_job, "text2image": text_job_handler(state),
+                                   "video": video_job_handler(state)},
                            max_attempts=settings.job_max_attempts, metrics=metrics)
         state.update(models=models, store=store, runner=runner)
         recovered = await runner.start()
@@ -485,6 +489,9 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
         return store.public(row)
 
     add_text_routes(app, state, settings, decode_upload)
+    add_lm_routes(app, state, settings)
+    add_video_routes(app, state, settings, decode_upload)
+    add_speech_routes(app, state, settings)
 
     # -- the web page ------------------------------------------------------------------------------
     @app.get("/", include_in_schema=False)

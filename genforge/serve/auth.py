@@ -29,7 +29,7 @@ from typing import Callable, Iterator, Optional
 
 from ..errors import GenforgeError
 
-SCOPES = ("generate", "classify", "admin")
+SCOPES = ("generate", "classify", "text", "admin")  # text: language models (completions, chat, translations)
 _SCRYPT = dict(n=2**14, r=8, p=1, dklen=32)  # ~16 MiB and tens of ms per hash
 PREFIX = "gf"
 log = logging.getLogger("genforge.serve")

@@ -92,6 +92,9 @@ def resolve_model_params(cfg: RunConfig, data: Examples) -> RunConfig:
         images = data.column("image")
         known = {"channels": int(images.shape[1]), "in_channels": int(images.shape[1]),
                  "image_size": int(images.shape[-1])}
+    if data.has("frames"):  # video clips (N, T, C, H, W)
+        clips = data.column("frames")
+        known = {"channels": int(clips.shape[2]), "image_size": int(clips.shape[-1]), "frames": int(clips.shape[1])}
     if data.num_classes:
         known["num_classes"] = data.num_classes
     # unconditional models keep num_classes=0 unless the config asks for conditioning
@@ -99,9 +102,9 @@ def resolve_model_params(cfg: RunConfig, data: Examples) -> RunConfig:
     params = {k: v for k, v in known.items()
               if k in accepted and (k != "num_classes" or wants_classes)}
     params.update(cfg.model.params)
-    for key in ("channels", "in_channels", "image_size"):
+    for key in ("channels", "in_channels", "image_size", "frames"):
         if key in params and key in known and params[key] != known[key]:
-            fix = "data.channels" if "channels" in key else "data.image_size"
+            fix = "data.channels" if "channels" in key else f"data.{key}"
             raise GenforgeError(
                 f"model.params.{key}={params[key]} but the dataset gives {known[key]}; set {fix} instead"
             )
@@ -127,6 +130,8 @@ def preflight(cfg: RunConfig) -> None:
     accepted = inspect.signature(fn).parameters
     shape = {"image_size": cfg.data.image_size, "channels": cfg.data.channels or 3,
              "in_channels": cfg.data.channels or 3}
+    if getattr(cfg.data, "frames", None):
+        shape["frames"] = cfg.data.frames
     trial = {**{k: v for k, v in shape.items() if k in accepted}, **cfg.model.params}
     try:
         with torch.device("meta"):  # checks only: no memory, no initialisation cost

@@ -3,7 +3,9 @@
 The corpus is tokenised once into a single id stream (the chunks in their file order). A batch is
 ``batch_size`` windows of ``block_size + 1`` ids starting at offsets drawn from the step's generator,
 so every position of the text can start a window and a resumed run draws the same windows. The final
-evaluation is the mean loss and perplexity over non-overlapping windows of the held-out chunks.
+evaluation is the mean loss and perplexity over non-overlapping windows of the held-out chunks, and the
+same total loss per character and per UTF-8 byte of the text scored (bits per character / byte), which,
+unlike loss per token, compares models with different tokenizers.
 """
 from __future__ import annotations
 
@@ -36,16 +38,22 @@ def lm_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1))
 
 
+def bits_per_unit(total_nats: float, units: int) -> float:
+    """Bits per character (or per byte): the summed loss of a text in nats, over ln 2, over the
+    number of characters (or UTF-8 bytes) of exactly that text."""
+    if units < 1:
+        raise GenforgeError("no characters were scored: bits per character need some text")
+    return total_nats / math.log(2) / units
+
+
 @torch.no_grad()
-def perplexity(model, ids: torch.Tensor, max_tokens: int = 0, batch_size: int = 16) -> dict[str, float]:
-    """Mean next-token loss (nats) and perplexity of ``model`` on the stream ``ids``, scored in
-    non-overlapping windows of the model's context (``max_tokens`` > 0 caps the tokens scored)."""
-    bs = model.block_size
-    if max_tokens:
-        ids = ids[:max_tokens + 1]
+def _nll(model, ids: torch.Tensor, batch_size: int) -> tuple[float, int]:
+    """Summed next-token loss (nats) and the number of tokens scored: every id but the first, once,
+    in non-overlapping windows of the model's context (the first id of each window is context)."""
     if len(ids) < 2:
         raise GenforgeError("the held-out text has fewer than 2 tokens: nothing to score; add text or "
                             "raise data.val_fraction")
+    bs = model.block_size
     device = next(model.parameters()).device
     was = model.training
     model.eval()
@@ -64,8 +72,47 @@ def perplexity(model, ids: torch.Tensor, max_tokens: int = 0, batch_size: int = 
                 count += x[:, 1:].numel()
     finally:
         model.train(was)
+    return total, count
+
+
+def perplexity(model, ids: torch.Tensor, max_tokens: int = 0, batch_size: int = 16) -> dict[str, float]:
+    """Mean next-token loss (nats) and perplexity of ``model`` on the stream ``ids``, scored in
+    non-overlapping windows of the model's context (``max_tokens`` > 0 caps the tokens scored)."""
+    total, count = _nll(model, ids[:max_tokens + 1] if max_tokens else ids, batch_size)
     mean = total / count
     return {"val_loss": mean, "val_ppl": math.exp(mean), "val_tokens": count}
+
+
+def scored_text(tokenizer: TextTokenizer, texts: Sequence[str], max_tokens: int = 0) -> tuple[torch.Tensor, str]:
+    """The id stream of ``texts`` (capped at ``max_tokens`` + 1 ids when > 0) and the original text
+    that its scored ids (all but the first) cover, found from the tokens' character offsets, so it
+    is the text as written, before the tokenizer's normalisation."""
+    encs = tokenizer.tok.encode_batch(list(texts), add_special_tokens=False)
+    ids: list[int] = []
+    ends: list[tuple[int, int]] = []  # (text index, end offset) of each id
+    for t, enc in enumerate(encs):
+        take = enc.ids if not max_tokens else enc.ids[:max_tokens + 1 - len(ids)]
+        ids.extend(take)
+        ends.extend((t, b) for _, b in enc.offsets[:len(take)])
+        if max_tokens and len(ids) > max_tokens:
+            break
+    if len(ids) < 2:
+        return torch.tensor(ids, dtype=torch.long), ""
+    (t0, e0), (t1, e1) = ends[0], ends[-1]
+    text = texts[t0][e0:e1] if t0 == t1 else texts[t0][e0:] + "".join(texts[t0 + 1:t1]) + texts[t1][:e1]
+    return torch.tensor(ids, dtype=torch.long), text
+
+
+def score_text(model, tokenizer: TextTokenizer, texts: Sequence[str], max_tokens: int = 0,
+               batch_size: int = 16) -> dict[str, float]:
+    """Loss per token and perplexity of ``texts`` (as one stream) and the same total loss in bits per
+    character and per UTF-8 byte of the text scored."""
+    ids, text = scored_text(tokenizer, texts, max_tokens)
+    total, count = _nll(model, ids, batch_size)
+    chars, nbytes = len(text), len(text.encode("utf-8"))
+    return {"val_loss": total / count, "val_ppl": math.exp(total / count), "val_tokens": count,
+            "val_chars": chars, "val_bytes": nbytes, "val_bpc": bits_per_unit(total, chars),
+            "val_bpb": bits_per_unit(total, nbytes)}
 
 
 @register_task("lm")
@@ -125,4 +172,4 @@ class LMTask(Task):
     def evaluate(self, model):
         if self.held_out is None:
             return {}
-        return perplexity(model, token_stream(self.tokenizer, self.held_out.column("text")), self.eval_tokens)
+        return score_text(model, self.tokenizer, self.held_out.column("text"), self.eval_tokens)

@@ -84,7 +84,8 @@ async function connect(ev) {
     $("generate").disabled = !gens.length;
     $("classify").disabled = !clfs.length;
     updateGenFields();
-    const text = showTextModels();
+    const text = showTextModels() + (typeof showLanguageModels === "function" ? showLanguageModels() : "")
+      + (typeof showVideoModels === "function" ? showVideoModels() : "");
     setText("key-status", `Connected: ${gens.length} image generator(s), ${clfs.length} classifier(s)${text}.`);
   } catch (e) {
     $("generate").disabled = $("classify").disabled = $("t2i-generate").disabled = true;

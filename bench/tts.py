@@ -1,0 +1,180 @@
+"""Speech synthesis benchmark: speed and quality of an acoustic run + vocoder against the teacher.
+
+    OMP_NUM_THREADS=2 .venv/bin/python bench/tts.py --model runs/tts-joe [--vocoder runs/vocoder-joe] \
+        [--n 20] [--threads 2] [--no-whisper]
+    OMP_NUM_THREADS=2 .venv/bin/python bench/tts.py --recipe-speed --threads 2   # sizes only, no runs
+
+On the held-out clips of the acoustic run's own data (its test split: the teacher's audio of sentences
+it never trained on) it measures:
+- real-time factor of the acoustic model, the vocoder and both (synthesis seconds / audio seconds), with
+  ``--threads`` PyTorch threads, and the first-chunk latency of ``pipe.stream`` on a 3-sentence text;
+- MCD (dB, DTW-aligned, cepstra 1-13) of genforge's speech against the teacher's clip, and of the vocoder
+  alone on the teacher's mel (copy synthesis: the vocoder's own share of the distortion);
+- Whisper tiny.en WER of genforge's speech and of the teacher's clips (the ASR floor);
+- peak RSS; and writes a PNG of the teacher's mel over genforge's for the first clip.
+JSON to bench/results/tts.json (``--name`` changes it).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, peak_rss_mb, save  # noqa: E402
+
+PARAGRAPH = ("The quick brown fox jumps over the lazy dog. It was not amused at all. "
+             "Then it walked away, slowly, into the woods.")
+
+
+def mel_png(path: Path, top: np.ndarray, bottom: np.ndarray) -> None:
+    """Two log-mels (n_mels, frames) stacked, low frequencies at the bottom of each, as a PNG."""
+    from PIL import Image
+
+    lo, hi = min(top.min(), bottom.min()), max(top.max(), bottom.max())
+    width = max(top.shape[1], bottom.shape[1])
+
+    def rows(m):
+        m = np.pad(m, ((0, 0), (0, width - m.shape[1])), constant_values=lo)
+        x = (m[::-1] - lo) / max(hi - lo, 1e-6)
+        # a blue -> yellow ramp; a white line separates the two
+        return np.stack([x * 255, x * 200 + 30 * (1 - x), (1 - x) * 120], -1).astype(np.uint8)
+
+    img = np.concatenate([rows(top), np.full((2, width, 3), 255, np.uint8), rows(bottom)])
+    Image.fromarray(img).resize((width * 2, img.shape[0] * 3), Image.NEAREST).save(path)
+
+
+@torch.no_grad()
+def recipe_speed(threads: int, repeats: int = 5) -> dict:
+    """RTF of randomly initialised models at the tts_joe / vocoder_joe recipes' sizes on an 80-id
+    sentence at 6 frames per id (about 5.6 s of audio): the speed the recipes were sized by, measurable
+    before anything is trained."""
+    import math
+
+    from genforge.config import load_config
+    from genforge.models import build_model
+
+    ac_cfg, voc_cfg = load_config("tts_joe"), load_config("vocoder_joe")
+    torch.manual_seed(0)
+    ac = build_model(ac_cfg.model.name, **ac_cfg.model.params).eval()
+    voc = build_model(voc_cfg.model.name, **{**voc_cfg.model.params, "discriminator": False}).eval()
+    ac.duration.out.weight.zero_()
+    ac.duration.out.bias.fill_(math.log(7))  # exp(.) - 1 = 6 frames per phoneme id
+    ids = torch.randint(4, 60, (1, 80))
+    ids[0, 0], ids[0, -1] = 1, 2
+    for _ in range(2):  # warm-up
+        voc(ac.infer(ids)[0])
+    t_ac = t_voc = 0.0
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        mel, _ = ac.infer(ids)
+        t1 = time.perf_counter()
+        wav = voc(mel)
+        t_voc += time.perf_counter() - t1
+        t_ac += t1 - t0
+    seconds = wav.shape[-1] / 22050 * repeats
+    return {"mode": "recipe sizes, random weights", "audio_seconds_each": round(seconds / repeats, 2),
+            "rtf": round((t_ac + t_voc) / seconds, 4), "rtf_acoustic": round(t_ac / seconds, 4),
+            "rtf_vocoder": round(t_voc / seconds, 4),
+            "acoustic_params_m": round(sum(p.numel() for p in ac.parameters()) / 1e6, 3),
+            "vocoder_params_m": round(sum(p.numel() for p in voc.parameters()) / 1e6, 3),
+            "peak_rss_mb": round(peak_rss_mb(), 1),
+            # other processes' load changes these numbers several-fold on a small machine: recorded with them
+            "load_average_1min": round(__import__("os").getloadavg()[0], 2)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", help="acoustic (tts) run dir")
+    ap.add_argument("--recipe-speed", action="store_true", help="only the RTF of the recipes' model sizes "
+                    "(random weights; no run dirs needed)")
+    ap.add_argument("--vocoder", default=None, help="vocoder run dir (default: the run's own, else Griffin-Lim)")
+    ap.add_argument("--n", type=int, default=20, help="held-out clips to score")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--no-whisper", action="store_true", help="skip the WER measurement")
+    ap.add_argument("--name", default="tts")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.recipe_speed:
+        save(args.name if args.name != "tts" else f"tts_recipe_speed_{args.threads}t", recipe_speed(args.threads))
+        return
+    if not args.model:
+        ap.error("--model is required (or --recipe-speed)")
+
+    from genforge.audio.features import log_mel
+    from genforge.data import load_dataset
+    from genforge.eval.speech_metrics import mcd
+    from genforge.pipelines.speech import load_speech
+    from genforge.speech.frontend import text_to_ids
+
+    pipe = load_speech(args.model, args.vocoder, device="cpu")
+    held = load_dataset(pipe.cfg.data.model_copy(update={"split": "test", "limit": args.n}))
+    texts = list(held.column("text"))
+    sr = pipe.sample_rate
+
+    # warm-up: first calls allocate and pick kernels
+    list(pipe.stream("Warm up."))
+    t_ac = t_voc = 0.0
+    audio_s, waves, mcds, copy_mcds, mels = 0.0, [], [], [], []
+    for i, text in enumerate(texts):
+        sentences = text_to_ids(text, pipe.inventory)
+        parts = []
+        for ids in sentences:
+            t0 = time.perf_counter()
+            mel = pipe.mel(ids)
+            t1 = time.perf_counter()
+            parts.append(pipe.vocode(mel))
+            t_voc += time.perf_counter() - t1
+            t_ac += t1 - t0
+        wav = np.concatenate(parts)
+        waves.append(wav)
+        audio_s += len(wav) / sr
+        teacher = torch.as_tensor(held.column("mel")[i], dtype=torch.float32)
+        ours = log_mel(torch.from_numpy(wav))
+        mcds.append(mcd(ours, teacher))
+        copy = pipe.vocode(teacher)
+        copy_mcds.append(mcd(log_mel(torch.from_numpy(copy)), teacher))
+        if i == 0:
+            mels = (teacher.numpy(), ours.numpy())
+
+    firsts = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        it = pipe.stream(PARAGRAPH)
+        next(iter(it))
+        firsts.append(time.perf_counter() - t0)
+
+    result = {
+        "model": str(pipe.run_dir), "vocoder": pipe.vocoder_name, "clips": len(texts),
+        "audio_seconds": round(audio_s, 2),
+        "rtf": round((t_ac + t_voc) / audio_s, 4), "rtf_acoustic": round(t_ac / audio_s, 4),
+        "rtf_vocoder": round(t_voc / audio_s, 4),
+        "first_chunk_s": round(float(np.median(firsts)), 4),
+        "mcd_db": round(float(np.mean(mcds)), 3), "mcd_copy_synthesis_db": round(float(np.mean(copy_mcds)), 3),
+        "acoustic_params_m": round(sum(p.numel() for p in pipe.model.parameters()) / 1e6, 3),
+        "vocoder_params_m": round(sum(p.numel() for p in pipe.vocoder.model.parameters()) / 1e6, 3)
+        if pipe.vocoder is not None else 0,
+    }
+    if not args.no_whisper:
+        from genforge.eval.speech_metrics import Transcriber, intelligibility
+
+        asr = Transcriber(threads=args.threads)
+        result["whisper_genforge"] = intelligibility(texts, waves, sr, asr)
+        teacher_waves = [np.asarray(held.column("audio")[i], dtype=np.float32) for i in range(len(texts))]
+        result["whisper_teacher"] = intelligibility(texts, teacher_waves, sr, asr)
+        result["wer"] = result["whisper_genforge"]["wer"]
+        result["wer_teacher"] = result["whisper_teacher"]["wer"]
+    png = RESULTS / f"{args.name}_mel.png"
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    mel_png(png, *mels)
+    result["mel_png"] = str(png.relative_to(RESULTS.parent.parent))
+    result["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    save(args.name, result)
+
+
+if __name__ == "__main__":
+    main()

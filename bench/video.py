@@ -1,0 +1,71 @@
+"""Does a text-to-video model show what it is asked? Motion-verifier scores per guidance scale.
+
+Clips are drawn for shapes_video test captions (the run's own data settings): with a holdout, the
+seen and the held-out compositions separately, else all. Each clip is judged by
+genforge.eval.motion against its caption (all-correct and per-attribute rates, identity frames,
+flicker), and the real test clips of the same captions give the verifier's ceiling
+(genforge/eval/video_gen.py does both). Also: clips/s of 4 clips at the pipeline's defaults and
+peak RSS. No FVD: no video feature net is registered yet.
+
+    python bench/video.py RUN_DIR [--clips 32] [--guidance 1,2,4] [--steps N] [--threads 2]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import peak_rss_mb, save  # noqa: E402
+
+import genforge  # noqa: E402
+from genforge.eval.video_gen import composition_sets, score_video_run  # noqa: E402
+
+
+def speed(pipe, prompt: str, n: int = 4, steps=None) -> dict:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pipe.generate(n=1, prompt=prompt, steps=1)  # warm-up: first-call allocations
+        t0 = time.perf_counter()
+        pipe.generate(n=n, prompt=prompt, steps=steps)
+    dt = time.perf_counter() - t0
+    return {"clips": n, "frames": pipe.default_frames, "steps": steps or pipe.default_steps,
+            "seconds": round(dt, 3), "clips_per_s": round(n / dt, 4)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run")
+    ap.add_argument("--clips", type=int, default=32, help="test captions per composition set")
+    ap.add_argument("--guidance", default="1,2,4")
+    ap.add_argument("--steps", type=int, default=None, help="denoising steps (default: the run's)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--name", default="video")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    pipe = genforge.load(args.run, device="cpu")
+    sets = composition_sets(pipe.cfg, args.clips)
+    quality = {}
+    for g in [float(x) for x in args.guidance.split(",")]:
+        report = score_video_run(pipe, guidance=g, steps=args.steps, seed=args.seed, sets=sets)
+        quality[f"guidance_{g:g}"] = report["sets"]
+        print(f"guidance {g:g}: " + ", ".join(f"{k} {v['generated']['all_correct']:.3f} (real "
+                                               f"{v['real']['all_correct']:.3f})" for k, v in report["sets"].items()),
+              flush=True)
+    first = next(iter(sets.values())).column("caption")[0]
+    save(args.name, {"run": str(pipe.run_dir), "steps": args.steps or pipe.default_steps,
+                     "frames": pipe.default_frames, "fps": pipe.fps,
+                     "params": sum(p.numel() for p in pipe.model.parameters()),
+                     "clips_per_set": {k: len(v) for k, v in sets.items()}, "quality": quality,
+                     "speed_4_clips_default": speed(pipe, first, steps=args.steps),
+                     "peak_rss_mb": round(peak_rss_mb(), 1)})
+
+
+if __name__ == "__main__":
+    main()

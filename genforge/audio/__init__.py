@@ -1,0 +1,1 @@
+"""Audio: features shared by speech data, acoustic models and vocoders."""

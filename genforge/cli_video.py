@@ -1,0 +1,98 @@
+"""Video commands: ``genforge sample`` on a video run (dispatched here from cli.sample) and
+``genforge eval video``. Kept out of cli.py, which registers this module by importing it."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .cli import _echo_json, eval_app
+from .errors import GenforgeError
+from .train.checkpoint import atomic_write_png, check_writable
+
+
+def clips_side_by_side(clips):
+    """(n, T, C, H, W) uint8 -> one (T, C, H, n*W + gaps) clip, the clips left to right 2 px apart."""
+    import torch
+
+    n, t, c, h, w = clips.shape
+    if n == 1:
+        return clips[0]
+    out = torch.full((t, c, h, n * w + 2 * (n - 1)), 128, dtype=clips.dtype)
+    for i in range(n):
+        out[..., i * (w + 2):i * (w + 2) + w] = clips[i]
+    return out
+
+
+def sample_video(pipe, *, n: Optional[int], seed: int, steps: Optional[int], sampler: Optional[str],
+                 guidance: Optional[float], labels: Optional[str], grid: Optional[Path], out_dir: Optional[Path],
+                 scale: int, prompt: Optional[str], negative_prompt: Optional[str], frames: Optional[int],
+                 fps: Optional[int], out: Optional[Path]) -> None:
+    """``genforge sample`` for a video run: --out FILE (.mp4/.gif/.png strip) and/or --grid (each clip's
+    frames in a row). Every argument is checked before sampling, so a refusal writes nothing."""
+    from .data.transforms import make_grid, to_uint8
+    from .tasks.video import pick_frames
+    from .train.logging import step_progress
+    from .video_io import WRITE_FORMATS, write_video
+
+    if labels:
+        raise GenforgeError(f"{pipe.run_dir.name} is a video run: it takes --prompt, not --labels")
+    if out_dir is not None:
+        raise GenforgeError("video runs write one file: use --out FILE.mp4 (or .gif, .png) and/or --grid FILE.png")
+    if out is not None and out.suffix.lower() not in WRITE_FORMATS:
+        raise GenforgeError(f"cannot write video {out.name!r}: unsupported extension {out.suffix or '(none)'!r}; "
+                            f"use one of: {', '.join(WRITE_FORMATS)}")
+    if grid is not None and grid.suffix.lower() != ".png":
+        raise GenforgeError(f"--grid writes a PNG; got {grid.name!r}")
+    n = 1 if n is None else n
+    fps = pipe.fps if fps is None else fps
+    if not 1 <= fps <= 60:
+        raise GenforgeError(f"--fps must be from 1 to 60, got {fps}")
+    frames = pipe.check_frames(frames)
+    steps = pipe.default_steps if steps is None else steps
+    pipe.check_sampling(steps, sampler or "dpm++", pipe.default_guidance if guidance is None else guidance, seed)
+    with step_progress("sample") as report:
+        clips = to_uint8(pipe.generate(n=n, seed=seed, steps=steps, sampler=sampler or "dpm++", prompt=prompt or "",
+                                       negative_prompt=negative_prompt, guidance=guidance, frames=frames,
+                                       progress=report))
+    written = []
+    if out is not None:
+        write_video(out, clips_side_by_side(clips), fps)
+        written.append(f"{out} ({n} clip{'s' * (n > 1)} of {frames} frames at {fps} fps)")
+    if grid is not None:
+        keep = pick_frames(frames, min(frames, 8))
+        atomic_write_png(grid, make_grid(clips[:, keep].reshape(-1, *clips.shape[2:]), nrow=len(keep), scale=scale))
+        written.append(str(grid))
+    typer.echo("wrote " + ", ".join(written))
+
+
+@eval_app.command("video")
+def eval_video(
+    run_dir: str = typer.Argument(..., help="Video run directory (trained on shapes_video)."),
+    n: int = typer.Option(32, "-n", min=1, max=1024, help="Test captions per composition set."),
+    guidance: Optional[float] = typer.Option(None, help="Classifier-free guidance (default: the run's)."),
+    steps: Optional[int] = typer.Option(None, help="Denoising steps (default: the run's)."),
+    seed: int = typer.Option(0),
+    device: str = typer.Option("auto"),
+    out: Optional[Path] = typer.Option(None, help="Also write the JSON report here."),
+):
+    """Motion-verifier scores of generated clips: all-correct and per-attribute rates on seen and
+    held-out compositions, object identity across frames, flicker; the same for real test clips
+    (the verifier's own ceiling)."""
+    from . import load
+    from .eval.video_gen import score_video_run
+    from .pipelines.video import VideoPipeline
+
+    if out is not None:
+        check_writable(out.parent)
+    pipe = load(run_dir, device=device)
+    if not isinstance(pipe, VideoPipeline):
+        raise GenforgeError(f"{run_dir} is a {pipe.cfg.task!r} run; eval video needs a video run")
+    report = score_video_run(pipe, n=n, guidance=guidance, steps=steps, seed=seed)
+    if out is not None:
+        from .train.checkpoint import atomic_write_bytes
+
+        atomic_write_bytes(out, (json.dumps(report, indent=2) + "\n").encode())
+    _echo_json(report)

@@ -1,0 +1,184 @@
+"""Text-to-video: the space-time UNet, the video task under the one trainer, the pipeline and the CLI."""
+from __future__ import annotations
+
+import copy
+import warnings
+
+import pytest
+import torch
+
+from genforge.errors import GenforgeError
+from video_runs import TINY_VIDEO, video_run
+
+TINY_MODEL = dict(image_size=16, frames=4, widths=(16, 16), cross_attention=(False, True), attention_heads=2,
+                  vocab_size=64, context=12, text_dim=16, text_layers=1, text_heads=2, num_train_timesteps=50)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    return video_run(tmp_path_factory.mktemp("video-runs"))
+
+
+@pytest.fixture(scope="module")
+def pipe(run):
+    import genforge
+
+    return genforge.load(run, device="cpu")
+
+
+def _inputs(b=2, t=4):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(b, t, 3, 16, 16, generator=g)
+    ids = torch.randint(4, 60, (b, 6), generator=g)
+    return x, torch.tensor([10, 40][:b]), ids, torch.ones_like(ids)
+
+
+def test_model_keeps_clip_shape_and_mixes_frames_only_through_temporal_layers():
+    from genforge.registry import MODELS
+
+    torch.manual_seed(0)
+    m = MODELS.build("video_unet", **TINY_MODEL).eval()
+    x, t, ids, mask = _inputs()
+    with torch.no_grad():
+        out = m(x, t, ids, mask)
+        assert out.shape == x.shape
+        x2 = x.clone()
+        x2[:, 0] += 1.0
+        # temporal convs start at zero: changing frame 0 leaves the other frames' predictions alone
+        assert torch.allclose(m(x2, t, ids, mask)[:, 1:], out[:, 1:], atol=1e-5)
+        for p in m.temporal.parameters():
+            p.normal_(0, 0.05)
+        mixed = m(x2, t, ids, mask)[:, 1] - m(x, t, ids, mask)[:, 1]
+    assert mixed.abs().max() > 1e-3
+
+
+def test_model_copy_runs_its_own_temporal_layers():
+    """EMA keeps a deepcopy: its hooks must use the copy's temporal weights, not the original's."""
+    from genforge.registry import MODELS
+
+    m = MODELS.build("video_unet", **TINY_MODEL).eval()
+    ema = copy.deepcopy(m)
+    x, t, ids, mask = _inputs()
+    with torch.no_grad():
+        for p in ema.temporal.parameters():
+            p.normal_(0, 0.05)
+        assert not torch.allclose(ema(x, t, ids, mask), m(x, t, ids, mask), atol=1e-4)
+        ema.load_state_dict(m.state_dict())
+        assert torch.allclose(ema(x, t, ids, mask), m(x, t, ids, mask), atol=1e-6)
+
+
+def test_model_refuses_bad_options():
+    from genforge.registry import MODELS
+
+    with pytest.raises(GenforgeError, match="frames"):
+        MODELS.build("video_unet", **{**TINY_MODEL, "frames": 0})
+    with pytest.raises(GenforgeError, match="divisible"):
+        MODELS.build("video_unet", **{**TINY_MODEL, "image_size": 15})
+
+
+def test_trainer_runs_the_video_task(run):
+    import json
+
+    from genforge.config import config_from_json
+
+    cfg = config_from_json(run / "config.json")
+    assert cfg.model.params["frames"] == 6 and cfg.model.params["image_size"] == 16  # filled from the data
+    assert (run / "model.safetensors").is_file() and (run / "tokenizer.json").is_file()
+    assert (run / "samples" / "step_00000003.png").is_file() and (run / "samples" / "real.png").is_file()
+    losses = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()
+              if '"loss"' in line]
+    assert len(losses) == 3 and all(0 < v < 10 for v in losses)
+    final = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])  # the motion verifier's scores
+    assert 0 <= final["motion_all_correct"] <= 1 and 0 <= final["motion_identity_frames"] <= 1
+
+
+def test_frames_mismatch_is_one_line(tmp_path):
+    from genforge.config import load_config
+    from genforge.train.trainer import Trainer
+
+    with pytest.raises(GenforgeError, match="data.frames"):
+        Trainer(load_config(None, TINY_VIDEO + ["model.params.frames=8"]), tmp_path / "r").fit()
+
+
+def test_pipeline_is_deterministic_by_seed(pipe):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        a = pipe(prompt="a red circle moves left", n=2, seed=3, steps=2)
+        b = pipe(prompt="a red circle moves left", n=2, seed=3, steps=2)
+        c = pipe(prompt="a red circle moves left", n=2, seed=4, steps=2)
+        longer = pipe(prompt="a red circle moves left", n=1, seed=3, steps=2, frames=9)
+    assert a.dtype == torch.uint8 and a.shape == (2, 6, 3, 16, 16)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert longer.shape == (1, 9, 3, 16, 16)
+    from genforge.pipelines.video import to_frames
+
+    frames = to_frames(a[0])
+    assert len(frames) == 6 and frames[0].size == (16, 16)
+
+
+def test_first_frame_is_kept(pipe):
+    first = torch.zeros(3, 16, 16, dtype=torch.uint8)
+    first[0, 4:12, 4:12] = 255
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        clip = pipe(prompt="a red square", n=1, steps=2, first_frame=first)
+    assert torch.equal(clip[0, 0], first)
+    with pytest.raises(GenforgeError, match="first_frame"):
+        pipe(prompt="x", n=1, steps=2, first_frame=torch.zeros(3, 8, 8, dtype=torch.uint8))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"frames": 0}, "frames"), ({"frames": 65}, "frames"), ({"steps": 0}, "steps"), ({"n": 0}, "n must"),
+    ({"prompt": ["a", "b"], "n": 3}, "prompts"), ({"prompt": "x" * 3000}, "too long"),
+    ({"guidance": float("nan")}, "guidance"), ({"sampler": "euler"}, "sampler"),
+])
+def test_pipeline_bad_input_is_one_line(pipe, kwargs, match):
+    with pytest.raises(GenforgeError, match=match):
+        pipe(**{"prompt": "a red circle", "n": 1, "steps": 1, **kwargs})
+
+
+@pytest.mark.parametrize("ext", [".mp4", ".gif"])
+def test_cli_sample_writes_a_clip(run, cli, tmp_path, ext):
+    from genforge.video_io import read_video
+
+    out = tmp_path / f"clip{ext}"
+    code, stdout, err = cli("sample", run, "--prompt", "a blue star moves up", "--frames", "5", "--fps", "4",
+                            "--steps", "2", "-n", "2", "--out", out, "--grid", tmp_path / "g.png", "--device", "cpu")
+    assert code == 0, err
+    assert "wrote" in stdout and (tmp_path / "g.png").is_file()
+    clip = read_video(out)
+    assert clip.shape[0] == 5 and clip.shape[1] == 3  # two clips side by side, upscaled for players
+    if ext == ".mp4":
+        assert out.read_bytes()[4:8] == b"ftyp"
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--out", "clip.avi"], "unsupported extension"), (["--out", "c.mp4", "--frames", "0"], "frames"),
+    (["--out", "c.mp4", "--fps", "0"], "fps"), (["--out", "c.mp4", "--labels", "a"], "labels"),
+    (["--out-dir", "d"], "--out FILE"),
+])
+def test_cli_sample_bad_input_writes_nothing(run, cli, tmp_path, args, match):
+    args = [str(tmp_path / a) if a in ("clip.avi", "c.mp4", "d") else a for a in args]
+    code, _, err = cli("sample", run, "--prompt", "a circle", "--steps", "1", "--device", "cpu", *args)
+    assert code == 2 and match in err and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_video_options_need_a_video_run(cli, tmp_path):
+    code, _, err = cli("sample", "diffusion-shapes", "--out", tmp_path / "c.mp4", "--device", "cpu")
+    assert code == 2 and "need a video run" in err
+
+
+def test_eval_video_reports_verifier_scores(run, cli, tmp_path):
+    code, out, err = cli("eval", "video", run, "-n", "2", "--steps", "1", "--device", "cpu",
+                         "--out", tmp_path / "r.json")
+    assert code == 0, err
+    import json
+
+    report = json.loads(out)
+    assert report == json.loads((tmp_path / "r.json").read_text())
+    (name, scores), = report["sets"].items()
+    assert name == "all" and scores["n"] == 2
+    for side in ("generated", "real"):
+        assert 0 <= scores[side]["all_correct"] <= 1 and scores[side]["flicker"] >= 0
+    assert scores["real"]["accuracy"]["color"] == 1.0  # the verifier reads real 16 px clips
