@@ -267,8 +267,9 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
             store.close()
 
     app = FastAPI(title="genforge", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
-                  description="Generate, classify and caption images with genforge models. Send "
-                              "`Authorization: Bearer <key>` on every /v1 route.")
+                  description="Generate images, text, speech, translations and video, and classify and "
+                              "caption images, with genforge models. Send `Authorization: Bearer <key>` on "
+                              "every /v1 route.")
     app.state.settings, app.state.keys, app.state.metrics, app.state.serve = settings, keys, metrics, state
 
     async def run_samples_job(params: dict, progress: Callable[[float], None]) -> dict:
