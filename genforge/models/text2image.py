@@ -43,7 +43,10 @@ class TextToImageModel(nn.Module):
         num_train_timesteps: int = 1000,
         beta_schedule: str = "squaredcos_cap_v2",
         prediction_type: str = "v_prediction",
+        extra_inputs: int = 0,
     ):
+        """``extra_inputs``: channels the UNet reads beside the image (a subclass's conditioning
+        planes, such as the video model's frame position); it still predicts ``channels``."""
         super().__init__()
         widths, cross_attention = tuple(widths), tuple(cross_attention)
         if len(widths) != len(cross_attention):
@@ -63,7 +66,7 @@ class TextToImageModel(nn.Module):
         down = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in cross_attention)
         up = tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(cross_attention))
         self.unet = UNet2DConditionModel(
-            sample_size=image_size, in_channels=channels, out_channels=channels,
+            sample_size=image_size, in_channels=channels + extra_inputs, out_channels=channels,
             block_out_channels=widths, layers_per_block=layers_per_block,
             down_block_types=down, up_block_types=up, mid_block_type="UNetMidBlock2DCrossAttn",
             norm_num_groups=min(32, min(widths)), cross_attention_dim=text_dim,
@@ -106,6 +109,13 @@ class TextToImageModel(nn.Module):
         times the difference past the unconditional prediction. The text is encoded once: its states
         do not depend on the step.
         """
+        return self.denoise_loop(noise, cond, uncond, guidance, steps, sampler, generator, progress).clamp(-1, 1)
+
+    def denoise_loop(self, noise: torch.Tensor, cond: Tokens, uncond: Optional[Tokens], guidance: float,
+                     steps: int, sampler: str, generator: Optional[torch.Generator],
+                     progress: Optional[Callable[[int, int], None]],
+                     before_step: Optional[Callable[[torch.Tensor, torch.Tensor], None]] = None) -> torch.Tensor:
+        """``sample``'s loop, unclamped; ``before_step(x, t)`` may edit ``x`` in place before each step."""
         ids, mask = cond
         guided = guidance != 1.0
         if guided:
@@ -119,6 +129,8 @@ class TextToImageModel(nn.Module):
         sched.set_timesteps(steps, device=noise.device)
         x = noise * sched.init_noise_sigma
         for i, t in enumerate(sched.timesteps):
+            if before_step is not None:
+                before_step(x, t)
             inp = sched.scale_model_input(x, t)
             if guided:
                 both = self.denoise(torch.cat([inp, inp]), t.expand(2 * x.shape[0]), states, mask)
@@ -129,7 +141,7 @@ class TextToImageModel(nn.Module):
             x = sched.step(pred, t, x, generator=generator).prev_sample
             if progress is not None:
                 progress(i + 1, len(sched.timesteps))
-        return x.clamp(-1, 1)
+        return x
 
 
 def _pad(t: torch.Tensor, width: int) -> torch.Tensor:

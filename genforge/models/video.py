@@ -19,13 +19,11 @@ from __future__ import annotations
 from typing import Callable, Optional
 
 import torch
-from diffusers import DDPMScheduler, UNet2DConditionModel
+from diffusers import DDPMScheduler
 from torch import nn
 
 from ..registry import register_model
-from ..text.encoders import ENCODERS, MINILM_DIM, TransformerTextEncoder, minilm_states
-from .diffusion import DiffusionModel
-from .text2image import Tokens, _pad
+from .text2image import TextToImageModel, Tokens
 
 
 class TemporalConv(nn.Module):
@@ -51,9 +49,9 @@ class TemporalConv(nn.Module):
         return self(output)
 
 
-class VideoModel(nn.Module):
-    make_scheduler = DiffusionModel.make_scheduler
-    _spacing = DiffusionModel._spacing
+class VideoModel(TextToImageModel):
+    """The text-to-image UNet run on every frame (frames folded into the batch), with a temporal
+    convolution after each ResNet block and the frame's place in the clip as an extra input plane."""
 
     def __init__(
         self,
@@ -75,47 +73,20 @@ class VideoModel(nn.Module):
         beta_schedule: str = "squaredcos_cap_v2",
         prediction_type: str = "v_prediction",
     ):
-        super().__init__()
-        widths, cross_attention = tuple(widths), tuple(cross_attention)
-        if len(widths) != len(cross_attention):
-            raise ValueError("widths and cross_attention need one entry per resolution level")
-        if text_encoder not in ENCODERS:
-            raise ValueError(f"unknown text_encoder {text_encoder!r}; choose one of: {', '.join(ENCODERS)}")
-        if image_size % 2 ** (len(widths) - 1):
-            raise ValueError(f"image_size {image_size} must be divisible by {2 ** (len(widths) - 1)} "
-                             f"for {len(widths)} resolution levels")
         if not 1 <= frames <= 64:
             raise ValueError(f"frames must be in 1..64, got {frames}")
         if temporal_kernel < 1 or temporal_kernel % 2 == 0:
             raise ValueError(f"temporal_kernel must be odd and positive, got {temporal_kernel}")
-        self.text_encoder_name, self.context = text_encoder, context
-        if text_encoder == "transformer":
-            self.text = TransformerTextEncoder(vocab_size, text_dim, text_layers, text_heads, context)
-        else:  # as in text2image: the frozen MiniLM is shared per process, only the projection trains
-            self.text_proj = nn.Linear(MINILM_DIM, text_dim)
-        down = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in cross_attention)
-        up = tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(cross_attention))
+        super().__init__(channels, image_size, widths, layers_per_block, cross_attention, attention_heads,
+                         text_encoder, vocab_size, context, text_dim, text_layers, text_heads,
+                         num_train_timesteps, beta_schedule, prediction_type, extra_inputs=1)
         groups = min(32, min(widths))
-        self.unet = UNet2DConditionModel(
-            sample_size=image_size, in_channels=channels + 1, out_channels=channels,
-            block_out_channels=widths, layers_per_block=layers_per_block,
-            down_block_types=down, up_block_types=up, mid_block_type="UNetMidBlock2DCrossAttn",
-            norm_num_groups=groups, cross_attention_dim=text_dim, attention_head_dim=attention_heads,
-        )
         resnets = [r for b in [*self.unet.down_blocks, self.unet.mid_block, *self.unet.up_blocks]
                    for r in b.resnets]
         self.temporal = nn.ModuleList(TemporalConv(r.out_channels, groups, temporal_kernel) for r in resnets)
         for r, layer in zip(resnets, self.temporal):
             r.register_forward_hook(layer.hook)
-        self.scheduler_config = dict(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule,
-                                     prediction_type=prediction_type)
-        self.train_scheduler = DDPMScheduler(**self.scheduler_config)
-        self.channels, self.image_size, self.frames = channels, image_size, frames
-
-    def encode_text(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        if self.text_encoder_name == "transformer":
-            return self.text(ids, mask)
-        return self.text_proj(minilm_states(ids, mask))
+        self.frames = frames
 
     def denoise(self, x: torch.Tensor, t: torch.Tensor, states: torch.Tensor, mask: torch.Tensor):
         """Prediction for clips ``x`` (B, T, C, H, W) at timesteps ``t`` (B,)."""
@@ -129,9 +100,6 @@ class VideoModel(nn.Module):
         out = self.unet(flat, t.repeat_interleave(frames), encoder_hidden_states=states.repeat_interleave(frames, 0),
                         encoder_attention_mask=mask.repeat_interleave(frames, 0)).sample
         return out.view(b, frames, c, h, w)
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor):
-        return self.denoise(x, t, self.encode_text(ids, mask), mask)
 
     @torch.no_grad()
     def sample(
@@ -150,34 +118,15 @@ class VideoModel(nn.Module):
         classifier-free guidance as in ``TextToImageModel.sample``. ``first_frame`` (B, C, H, W) in
         [-1, 1] fixes frame 0 (image-to-video by replacement: at every step frame 0 is set to the
         given image noised to the step's level, so the other frames are drawn consistent with it)."""
-        ids, mask = cond
-        guided = guidance != 1.0
-        if guided:
-            if uncond is None:
-                raise ValueError("guidance needs the unconditional tokens")
-            width = max(ids.shape[1], uncond[0].shape[1])
-            ids = torch.cat([_pad(ids, width), _pad(uncond[0], width)])
-            mask = torch.cat([_pad(mask, width), _pad(uncond[1], width)])
-        states = self.encode_text(ids, mask)
-        sched = self.make_scheduler(sampler)
-        sched.set_timesteps(steps, device=noise.device)
-        x = noise * sched.init_noise_sigma
+        fix = None
         if first_frame is not None:
-            known = first_frame.to(x)
+            known = first_frame.to(noise)
             fixed = self.train_scheduler  # its add_noise gives the variance-preserving x_t of any step
-        for i, t in enumerate(sched.timesteps):
-            if first_frame is not None:
+
+            def fix(x: torch.Tensor, t: torch.Tensor) -> None:
                 x[:, 0] = _noised(fixed, known, noise[:, 0], t)
-            inp = sched.scale_model_input(x, t)
-            if guided:
-                both = self.denoise(torch.cat([inp, inp]), t.expand(2 * x.shape[0]), states, mask)
-                c, u = both.chunk(2)
-                pred = u + guidance * (c - u)
-            else:
-                pred = self.denoise(inp, t.expand(x.shape[0]), states, mask)
-            x = sched.step(pred, t, x, generator=generator).prev_sample
-            if progress is not None:
-                progress(i + 1, len(sched.timesteps))
+
+        x = self.denoise_loop(noise, cond, uncond, guidance, steps, sampler, generator, progress, fix)
         if first_frame is not None:
             x[:, 0] = known
         return x.clamp(-1, 1)
