@@ -7,21 +7,17 @@ Skipped unless both are installed. Saves a screenshot to /tmp/genforge_ui_lm.png
 from __future__ import annotations
 
 import os
-import socket
-import threading
 import time
 
 import pytest
+from web_helpers import ARGS, CHROMIUM, serving
 
-CHROMIUM = "/usr/bin/chromium"
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} not installed")
 sync_api = pytest.importorskip("playwright.sync_api")
 uvicorn = pytest.importorskip("uvicorn")
 
 from text_runs import lm_run, pipeline, translate_run  # noqa: E402,F401
 
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
 # when each piece of text lands in the output, in ms since the page loaded
 _WATCH = """() => {
   window.pieceTimes = [];
@@ -32,39 +28,22 @@ _WATCH = """() => {
 
 @pytest.fixture
 def server(tmp_path, lm_run, translate_run):
-    import torch
-
     from genforge.serve import Settings, create_app
     from genforge.serve.auth import KeyStore
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     _, key = KeyStore(tmp_path / "keys.json").create("ui", "text")
     app = create_app(Settings(models=[str(lm_run), str(translate_run)], keys_path=tmp_path / "keys.json",
                               device="cpu", jobs_url=f"sqlite:///{tmp_path / 'jobs.db'}"))
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not srv.started and time.time() < deadline:
-        time.sleep(0.05)
-    assert srv.started, "server did not start"
-    served = app.state.serve["models"].by_id[lm_run.name]
-    step = served.step
+    with serving(app) as url:
+        served = app.state.serve["models"].by_id[lm_run.name]
+        step = served.step
 
-    def slow_step(*a):  # 25 ms a token, so streaming shows as text arriving over time
-        time.sleep(0.025)
-        return step(*a)
+        def slow_step(*a):  # 25 ms a token, so streaming shows as text arriving over time
+            time.sleep(0.025)
+            return step(*a)
 
-    served.step = slow_step
-    yield f"http://127.0.0.1:{port}", key, served
-    srv.should_exit = True
-    thread.join(10)
-    sock.close()
-    torch.set_num_threads(threads)
+        served.step = slow_step
+        yield url, key, served
 
 
 def test_text_streams_into_the_page_and_translations_show(server, lm_run, translate_run):

@@ -8,13 +8,10 @@ from __future__ import annotations
 import base64
 import io
 import os
-import socket
-import threading
-import time
 
 import pytest
+from web_helpers import ARGS, CHROMIUM, serving
 
-CHROMIUM = "/usr/bin/chromium"
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} not installed")
 sync_api = pytest.importorskip("playwright.sync_api")
 uvicorn = pytest.importorskip("uvicorn")
@@ -22,8 +19,6 @@ uvicorn = pytest.importorskip("uvicorn")
 from serve_helpers import make_run  # noqa: E402
 from text_runs import expected_b64, pipeline, text_runs  # noqa: E402,F401
 
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
 PROMPT = "a small red circle above a large blue square"
 # a File built in the page from base64 bytes, inside a DataTransfer as a drop event carries it
 _DROPPED = """([b64, name]) => {
@@ -36,34 +31,17 @@ _DROPPED = """([b64, name]) => {
 
 @pytest.fixture
 def server(tmp_path, text_runs):
-    import torch
-
     from genforge.serve import Settings, create_app
     from genforge.serve.auth import KeyStore
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     gan = make_run(tmp_path, "tiny-gan", "gan", "dcgan",
                    {"z_dim": 16, "width": 8, "d_width": 8, "image_size": 16, "channels": 1})
     _, key = KeyStore(tmp_path / "keys.json").create("ui", "generate,classify")
     models = [str(text_runs[k]) for k in ("t2i", "textgan", "cap")] + [str(gan)]
     app = create_app(Settings(models=models, keys_path=tmp_path / "keys.json", device="cpu",
                               jobs_url=f"sqlite:///{tmp_path / 'jobs.db'}"))
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not srv.started and time.time() < deadline:
-        time.sleep(0.05)
-    assert srv.started, "server did not start"
-    yield f"http://127.0.0.1:{port}", key
-    srv.should_exit = True
-    thread.join(10)
-    sock.close()
-    torch.set_num_threads(threads)
+    with serving(app) as url:
+        yield url, key
 
 
 def _png_b64(im) -> str:

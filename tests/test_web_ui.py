@@ -6,32 +6,23 @@ Skipped unless both are installed (no browser is ever downloaded): `apt-get inst
 from __future__ import annotations
 
 import os
-import socket
-import threading
-import time
 
 import pytest
+from web_helpers import ARGS, CHROMIUM, serving
 
-CHROMIUM = "/usr/bin/chromium"
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} not installed")
 sync_api = pytest.importorskip("playwright.sync_api")
 uvicorn = pytest.importorskip("uvicorn")
 
 from serve_helpers import CLASSES, make_run  # noqa: E402
 
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 
 @pytest.fixture
 def server(tmp_path):
-    import torch
-
     from genforge.serve import Settings, create_app
     from genforge.serve.auth import KeyStore
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     gan = make_run(tmp_path, "tiny-gan", "gan", "dcgan",
                    {"z_dim": 16, "width": 8, "d_width": 8, "image_size": 16, "channels": 1})
     clf = make_run(tmp_path, "tiny-clf", "classify", "cnn",
@@ -43,21 +34,8 @@ def server(tmp_path):
     _, key = KeyStore(tmp_path / "keys.json").create("ui", "generate,classify")
     app = create_app(Settings(models=[str(gan), str(clf), str(cgan)], keys_path=tmp_path / "keys.json", device="cpu",
                               jobs_url=f"sqlite:///{tmp_path / 'jobs.db'}"))
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not srv.started and time.time() < deadline:
-        time.sleep(0.05)
-    assert srv.started, "server did not start"
-    yield f"http://127.0.0.1:{port}", key, tmp_path
-    srv.should_exit = True
-    thread.join(10)
-    sock.close()
-    torch.set_num_threads(threads)
+    with serving(app) as url:
+        yield url, key, tmp_path
 
 
 def test_generate_and_classify_in_browser(server):

@@ -5,51 +5,31 @@ download link. Skipped unless both are installed. Saves a screenshot to /tmp/gen
 from __future__ import annotations
 
 import os
-import socket
-import threading
-import time
 
 import pytest
+from web_helpers import ARGS as BROWSER_ARGS
+from web_helpers import CHROMIUM, serving
 
-CHROMIUM = "/usr/bin/chromium"
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} not installed")
 sync_api = pytest.importorskip("playwright.sync_api")
 uvicorn = pytest.importorskip("uvicorn")
 
 from video_runs import video_run  # noqa: E402
 
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run", "--autoplay-policy=no-user-gesture-required"]
+ARGS = BROWSER_ARGS + ["--autoplay-policy=no-user-gesture-required"]
 
 
 @pytest.fixture
 def server(tmp_path, tmp_path_factory):
-    import torch
-
     from genforge.serve import Settings, create_app
     from genforge.serve.auth import KeyStore
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     run = video_run(tmp_path_factory.mktemp("video-runs"))
     _, key = KeyStore(tmp_path / "keys.json").create("ui", "generate")
     app = create_app(Settings(models=[str(run)], keys_path=tmp_path / "keys.json", device="cpu",
                               jobs_url=f"sqlite:///{tmp_path / 'jobs.db'}"))
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not srv.started and time.time() < deadline:
-        time.sleep(0.05)
-    assert srv.started, "server did not start"
-    yield f"http://127.0.0.1:{port}", key
-    srv.should_exit = True
-    thread.join(10)
-    sock.close()
-    torch.set_num_threads(threads)
+    with serving(app) as url:
+        yield url, key
 
 
 def test_prompt_to_a_playing_video(server):

@@ -1,0 +1,39 @@
+"""What the browser tests share: Debian's chromium with its flags, and a genforge app served by uvicorn in
+a thread on a free loopback port (one torch thread, so the browser keeps a core)."""
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from contextlib import contextmanager
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+@contextmanager
+def serving(app):
+    """The app's base URL while it is served; the server stops and the thread count is restored after."""
+    import torch
+    import uvicorn
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.time() + 30
+        while not srv.started and time.time() < deadline:
+            time.sleep(0.05)
+        assert srv.started, "server did not start"
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        srv.should_exit = True
+        thread.join(10)
+        sock.close()
+        torch.set_num_threads(threads)
