@@ -82,6 +82,24 @@ class TextToImagePipeline(Pipeline):
                 words.append(w)
         return list(dict.fromkeys(words))
 
+    def prompt_list(self, prompt, negative_prompt, n: int, things: str) -> list[str]:
+        """One prompt per output (a str is repeated ``n`` times), after one-line errors for the wrong
+        types or count."""
+        if not isinstance(prompt, (str, list, tuple)):
+            raise GenforgeError(f"prompt must be a string or a list of strings, got {type(prompt).__name__}")
+        prompts = [prompt] * n if isinstance(prompt, str) else list(prompt)
+        if len(prompts) != n:
+            raise GenforgeError(f"got {len(prompts)} prompts for n={n} {things}; give one prompt or exactly n")
+        if negative_prompt is not None and not isinstance(negative_prompt, str):
+            raise GenforgeError(f"negative_prompt must be a string, got {type(negative_prompt).__name__}")
+        return prompts
+
+    def warn_prompts(self, prompts: list[str], negative_prompt, things: str) -> None:
+        """A warning for each note ``check_prompt`` has on the prompts or the negative prompt."""
+        for note in self.check_prompt(list(prompts) + ([negative_prompt] if negative_prompt else [])):
+            warnings.warn(note.replace("these images are", f"these {things} are")
+                          .replace("the image will", f"the {things[:-1]} will"))
+
     def check_prompt(self, prompt: str | Sequence[str]) -> list[str]:
         """Warnings about ``prompt`` (one string or a list); raises GenforgeError for unusable input."""
         prompts = [prompt] if isinstance(prompt, str) else prompt
@@ -132,16 +150,8 @@ class TextToImagePipeline(Pipeline):
         self.check_sampling(steps, sampler, guidance, seed)
         if batch_size < 1:
             raise GenforgeError(f"batch_size must be at least 1, got {batch_size}")
-        if not isinstance(prompt, (str, list, tuple)):
-            raise GenforgeError(f"prompt must be a string or a list of strings, got {type(prompt).__name__}")
-        prompts = [prompt] * n if isinstance(prompt, str) else list(prompt)
-        if len(prompts) != n:
-            raise GenforgeError(f"got {len(prompts)} prompts for n={n} images; give one prompt or exactly n")
-        if negative_prompt is not None and not isinstance(negative_prompt, str):
-            raise GenforgeError(f"negative_prompt must be a string, got {type(negative_prompt).__name__}")
-        checked = list(prompts) + ([negative_prompt] if negative_prompt else [])
-        for note in self.check_prompt(checked):
-            warnings.warn(note)
+        prompts = self.prompt_list(prompt, negative_prompt, n, "images")
+        self.warn_prompts(prompts, negative_prompt, "images")
         noise = self.draw_noise(n, seed)
         m, out = self.model, []
         # guidance only matters where the prompt differs from what it is steered away from

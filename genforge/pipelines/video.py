@@ -92,17 +92,9 @@ class VideoPipeline(TextToImagePipeline):
         self.check_sampling(steps, sampler, guidance, seed)
         if batch_size < 1:
             raise GenforgeError(f"batch_size must be at least 1, got {batch_size}")
-        if not isinstance(prompt, (str, list, tuple)):
-            raise GenforgeError(f"prompt must be a string or a list of strings, got {type(prompt).__name__}")
-        prompts = [prompt] * n if isinstance(prompt, str) else list(prompt)
-        if len(prompts) != n:
-            raise GenforgeError(f"got {len(prompts)} prompts for n={n} clips; give one prompt or exactly n")
-        if negative_prompt is not None and not isinstance(negative_prompt, str):
-            raise GenforgeError(f"negative_prompt must be a string, got {type(negative_prompt).__name__}")
+        prompts = self.prompt_list(prompt, negative_prompt, n, "clips")
         first = self._first_frame(first_frame, n)
-        for note in self.check_prompt(list(prompts) + ([negative_prompt] if negative_prompt else [])):
-            warnings.warn(note.replace("these images are", "these clips are")
-                          .replace("the image will", "the clip will"))
+        self.warn_prompts(prompts, negative_prompt, "clips")
         noise = self.draw_noise(n, seed, frames)
         guided = guidance != 1.0 and (any(p.strip() for p in prompts) or bool(negative_prompt))
         chunks = range(0, n, batch_size)
