@@ -151,3 +151,25 @@ def test_class_names_are_listed_by_info_and_models(cli):
     code, out, _ = cli("models")
     listing = json.loads(out)["classes"]
     assert "Sneaker" in listing["diffusion-fashion-cond"] and "diffusion-fashion" not in listing
+
+
+def test_plain_progress_rates_count_only_timed_work(monkeypatch):
+    """A progress that starts reporting at item 150 (e.g. the first 150 came from a cache) rates the
+    items after that report, and a one-shot report prints its count without a made-up rate."""
+    import io
+
+    from genforge.train import logging as glog
+
+    now = [100.0]
+    monkeypatch.setattr(glog.time, "time", lambda: now[0])
+    out = io.StringIO()
+    with monkeypatch.context() as m:
+        m.setattr(glog.sys, "stderr", out)
+        m.delenv("GENFORGE_NO_PROGRESS", raising=False)
+        with glog.step_progress("cache") as progress:
+            progress(150, 300)  # first report: starts the clock at 100 s
+            now[0] = 102.0
+            progress(300, 300)  # 150 more items in 2 s
+        with glog.step_progress("once") as progress:
+            progress(32, 32)  # everything came from the cache
+    assert out.getvalue().splitlines() == ["cache 300/300 (100%) 75.00 it/s eta 0:00:00", "once 32/32 (100%)"]

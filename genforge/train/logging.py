@@ -32,18 +32,20 @@ class PlainProgress:
         self.every, self.period_s = max(1, int(total * every)), period_s
         self._t0, self._start = time.time(), start
         self._last_step, self._last_t = start, time.time()
+        self._shown = False
 
     def update(self, completed: int, info: str = "", force: bool = False) -> None:
         now = time.time()
         due = completed - self._last_step >= self.every or now - self._last_t >= self.period_s
-        if not (force or due or completed >= self.total) or completed == self._last_step:
+        if not (force or due or completed >= self.total) or (completed == self._last_step and self._shown):
             return
-        rate = (completed - self._start) / max(now - self._t0, 1e-9)
-        eta = (self.total - completed) / rate if rate > 0 else 0.0
         pct = 100.0 * completed / max(1, self.total)
-        print(f"{self.label} {completed}/{self.total} ({pct:.0f}%) {rate:.2f} it/s eta {_clock(eta)} {info}".rstrip(),
-              file=self.stream, flush=True)
-        self._last_step, self._last_t = completed, now
+        line = f"{self.label} {completed}/{self.total} ({pct:.0f}%)"
+        if completed > self._start:  # no rate (or eta) before anything was timed
+            rate = (completed - self._start) / max(now - self._t0, 1e-9)
+            line += f" {rate:.2f} it/s eta {_clock((self.total - completed) / rate)}"
+        print(f"{line} {info}".rstrip(), file=self.stream, flush=True)
+        self._last_step, self._last_t, self._shown = completed, now, True
 
 
 @contextmanager
@@ -66,7 +68,9 @@ def step_progress(label: str, n_chunks: int = 1, enabled: bool = True):
                 bar.start()
                 state["bar"] = ("rich", bar, task)
             else:
-                state["bar"] = ("plain", PlainProgress(label, whole), None)
+                # the clock starts at this first report, so the rate counts only what came after it
+                first = state["chunk"] * total + step
+                state["bar"] = ("plain", PlainProgress(label, whole, start=first), None)
         if step < state["last"]:
             state["chunk"] += 1
         state["last"] = step
