@@ -64,7 +64,8 @@ def _read_text(text: Optional[str], file: Optional[Path]) -> str:
 @app.command("speak")
 def speak_cmd(
     text: Optional[str] = typer.Argument(None, help='The text to say ("-" or none: read stdin).'),
-    model: str = typer.Option(..., "--model", "-m", help="Acoustic (task: tts) run directory."),
+    model: Optional[str] = typer.Option(None, "--voice", "--model", "-m", help="Voice: an acoustic (task: "
+                                        "tts) run directory or shipped model; default: the shipped voice."),
     vocoder: Optional[str] = typer.Option(None, "--vocoder", help="Vocoder run directory; default: the one "
                                           "the acoustic run names (task_params.vocoder), else Griffin-Lim; griffin-lim forces it."),
     out: Path = typer.Option(Path("speech.wav"), "--out", "-o", help="WAV file to write."),
@@ -89,6 +90,10 @@ def speak_cmd(
     words = _read_text(text, file)
     if not words.strip():
         raise GenforgeError("the text is empty: give something to say")
+    if model is None:
+        from .pipelines import shipped_default
+
+        model = shipped_default("tts", "voice", "tts_joe")
     pipe = load_speech(model, vocoder, device=device)
     start = time.perf_counter()
     wav, sr = pipe(words, rate=rate, pitch_shift=pitch, speaker=speaker)

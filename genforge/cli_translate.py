@@ -52,7 +52,8 @@ def _chunks(lines: list[str], size: int) -> Iterator[list[str]]:
 def translate_cmd(
     text: Optional[str] = typer.Argument(None, help="Text to translate ('-': one text per line from "
                                          "standard input)."),
-    model: str = typer.Option(..., "--model", "-m", help="Translate run directory."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Translate run directory or shipped "
+                                        "model; default: the shipped translator."),
     file: Optional[str] = typer.Option(None, "--file", "-f", help="Translate this UTF-8 file line by line "
                                        "('-': standard input)."),
     beam: int = typer.Option(4, "--beam", help="Beam width, 1 to 16 (1: greedy)."),
@@ -70,6 +71,10 @@ def translate_cmd(
 
     check_decoding(beam, length_penalty, max_len, batch_size)  # before the model is loaded
     lines = _input_lines(text, file)
+    if model is None:
+        from .pipelines import shipped_default
+
+        model = shipped_default("translate", "translator", "translate_en_es")
     pipe = load(model, device=device)
     if not isinstance(pipe, TranslatePipeline):
         raise GenforgeError(f"{model} is a {pipe.cfg.task!r} run; translate needs a translate run")

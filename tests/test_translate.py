@@ -223,6 +223,16 @@ def test_cli_translate_text_file_and_stdin(run, cli, tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(("\n".join(lines)).encode())))
     code, text, _ = cli("translate", "-", "-m", out, "--beam", "2", "--device", "cpu")
     assert code == 0 and text.split("\n")[:-1] == want
+    # without --model: the shipped translator, or a one-line way to get one
+    import genforge.pipelines as pipelines
+
+    monkeypatch.setattr(pipelines, "ASSETS_DIR", tmp_path / "no-assets")
+    code, _, err = cli("translate", "hi", "--device", "cpu")
+    assert code == 2 and "no translator is installed" in err and "genforge train translate_en_es" in err
+    (tmp_path / "no-assets").mkdir()
+    (tmp_path / "no-assets" / "mine").symlink_to(out)
+    code, text, _ = cli("translate", lines[0], "--beam", "2", "--device", "cpu")
+    assert code == 0 and text == want[0] + "\n"
 
 
 def test_cli_eval_translate_prints_sacrebleu_signatures(run, cli):

@@ -298,6 +298,22 @@ def test_speak_cli(speech_runs, tmp_path, cli):
     assert sf.info(str(out)).subtype == "FLOAT"
 
 
+@needs_espeak
+def test_speak_uses_the_shipped_voice_by_default(speech_runs, tmp_path, cli, monkeypatch):
+    import genforge.pipelines as pipelines
+
+    assets = tmp_path / "assets"
+    assets.mkdir()
+    monkeypatch.setattr(pipelines, "ASSETS_DIR", assets)
+    out = tmp_path / "out.wav"
+    code, _, err = cli("speak", "Hi.", "--out", out, "--device", "cpu")
+    assert code == 2 and "no voice is installed" in err and "genforge train tts_joe" in err and not out.exists()
+    (assets / "a-vocoder").symlink_to(speech_runs["vocoder"])  # not a voice: passed over
+    (assets / "b-voice").symlink_to(speech_runs["tts"])
+    code, stdout, err = cli("speak", "Hi.", "--out", out, "--device", "cpu")
+    assert code == 0 and out.is_file(), err
+
+
 def test_speak_cli_errors(speech_runs, tmp_path, cli):
     out = tmp_path / "o.wav"
     cases = [(["hi", "--model", speech_runs["tts"], "--out", out, "--rate", "9"], "rate"),

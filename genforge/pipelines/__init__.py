@@ -20,6 +20,21 @@ def shipped_models() -> list[str]:
         if ASSETS_DIR.is_dir() else []
 
 
+def shipped_default(task: str, what: str, recipe: str) -> str:
+    """The name of the shipped model of ``task`` (the first by name), for commands whose model is
+    optional; a one-line error naming how to get one when none is installed."""
+    import json
+
+    for name in shipped_models():
+        try:
+            if json.loads((ASSETS_DIR / name / "config.json").read_text()).get("task") == task:
+                return name
+        except (OSError, ValueError):
+            continue
+    raise GenforgeError(f"no {what} is installed; give a run directory (train one with "
+                        f"genforge train {recipe})")
+
+
 def resolve_run_dir(path: str | Path) -> Path:
     """A run directory, or the name of a shipped default model (``genforge/assets/NAME``)."""
     p = Path(path).expanduser()
@@ -118,6 +133,9 @@ def load_pipeline(path: str | Path, device: str = "auto", step: int | None = Non
     from .video import VideoPipeline
 
     by_task["video"] = VideoPipeline
+    from .video_classify import VideoClassifierPipeline
+
+    by_task["video_classify"] = VideoClassifierPipeline
     if cfg.task not in by_task:
         raise GenforgeError(f"no pipeline for task {cfg.task!r}; known: {', '.join(by_task)}")
     pipe = by_task[cfg.task](cfg, model, run_dir, dev)
