@@ -1,7 +1,7 @@
 """Speech synthesis benchmark: speed and quality of an acoustic run + vocoder against the teacher.
 
     OMP_NUM_THREADS=2 .venv/bin/python bench/tts.py --model runs/tts-joe [--vocoder runs/vocoder-joe] \
-        [--n 20] [--threads 2] [--no-whisper]
+        [--n 20] [--threads 2] [--no-whisper] [--voices piper-joe,festival,espeak] [--onnx-rounds 3]
     OMP_NUM_THREADS=2 .venv/bin/python bench/tts.py --recipe-speed --threads 2   # sizes only, no runs
 
 On the held-out clips of the acoustic run's own data (its test split: the teacher's audio of sentences
@@ -11,13 +11,22 @@ it never trained on) it measures:
 - MCD (dB, DTW-aligned, cepstra 1-13) of genforge's speech against the teacher's clip, and of the vocoder
   alone on the teacher's mel (copy synthesis: the vocoder's own share of the distortion);
 - Whisper tiny.en WER of genforge's speech and of the teacher's clips (the ASR floor);
+- the same voice exported to ONNX (``genforge export``'s acoustic.onnx + vocoder.onnx) under onnxruntime:
+  its RTF next to PyTorch's on the same sentences with the same thread count, the two runtimes
+  alternating in rounds (as bench/onnx_speed.py does) so machine noise hits both alike;
+- the other voices on the same held-out sentences (``--voices``): Piper joe (the teacher, re-synthesised;
+  onnxruntime with ``--threads`` threads), Festival HTS (text2wave, cmu_us_slt_arctic_hts) and espeak-ng:
+  their RTF and Whisper WER. Festival and espeak-ng run as one process per sentence, as genforge's
+  teacher code calls them, so their RTF includes process start and voice loading;
 - peak RSS; and writes a PNG of the teacher's mel over genforge's for the first clip.
 JSON to bench/results/tts.json (``--name`` changes it).
 """
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -87,6 +96,92 @@ def recipe_speed(threads: int, repeats: int = 5) -> dict:
             "load_average_1min": round(__import__("os").getloadavg()[0], 2)}
 
 
+def onnx_rtf(pipe, sentences: list[list[int]], threads: int, rounds: int) -> dict:
+    """RTF (acoustic, vocoder, both) of PyTorch and of the ONNX export on ``sentences`` (phoneme-id
+    lists), one sentence at a time as ``pipe.stream`` speaks; medians over alternating rounds."""
+    import onnxruntime as ort
+
+    from genforge.export_speech import export_acoustic, export_vocoder
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    with tempfile.TemporaryDirectory() as tmp:
+        checks = {"acoustic": export_acoustic(pipe.model, Path(tmp) / "a.onnx")["checked"],
+                  "vocoder": export_vocoder(pipe.vocoder.model, Path(tmp) / "v.onnx")["checked"]}
+        ac = ort.InferenceSession(str(Path(tmp) / "a.onnx"), opts, providers=["CPUExecutionProvider"])
+        voc = ort.InferenceSession(str(Path(tmp) / "v.onnx"), opts, providers=["CPUExecutionProvider"])
+    controls = {"rate": np.array(1.0, np.float32), "pitch_shift": np.array(0.0, np.float32)}
+    if pipe.speakers:
+        controls["speaker"] = np.zeros(1, np.int64)
+
+    def torch_pass():
+        t_ac = t_voc = samples = 0
+        for ids in sentences:
+            t0 = time.perf_counter()
+            mel = pipe.mel(ids)
+            t1 = time.perf_counter()
+            samples += len(pipe.vocode(mel))
+            t_voc += time.perf_counter() - t1
+            t_ac += t1 - t0
+        return t_ac, t_voc, samples
+
+    def ort_pass():
+        t_ac = t_voc = samples = 0
+        for ids in sentences:
+            t0 = time.perf_counter()
+            mel, lens = ac.run(None, {"ids": np.array([ids], np.int64), **controls})
+            t1 = time.perf_counter()
+            samples += voc.run(None, {"mel": mel[:, :, :lens[0]]})[0].shape[-1]
+            t_voc += time.perf_counter() - t1
+            t_ac += t1 - t0
+        return t_ac, t_voc, samples
+
+    sr = pipe.sample_rate
+    torch_pass(), ort_pass()  # warm-up: first calls allocate and pick kernels
+    runs: dict[str, list] = {"pytorch": [], "onnxruntime": []}
+    for _ in range(rounds):
+        runs["pytorch"].append(torch_pass())
+        runs["onnxruntime"].append(ort_pass())
+    out = {"rounds": rounds, "threads_each": threads, "sentences": len(sentences), "checked": checks}
+    for name, rs in runs.items():
+        out[name] = {"rtf": round(statistics.median((a + v) / (n / sr) for a, v, n in rs), 4),
+                     "rtf_acoustic": round(statistics.median(a / (n / sr) for a, _, n in rs), 4),
+                     "rtf_vocoder": round(statistics.median(v / (n / sr) for _, v, n in rs), 4),
+                     "audio_seconds": round(rs[0][2] / sr, 2)}
+    out["ratio_pytorch_over_onnxruntime"] = round(out["pytorch"]["rtf"] / out["onnxruntime"]["rtf"], 2)
+    return out
+
+
+def other_voices(names: list[str], texts: list[str], threads: int, asr) -> dict:
+    """RTF and (with ``asr``) Whisper WER of each named teacher voice speaking ``texts``; a voice that
+    is not installed gets its error message instead."""
+    from genforge.data.speech_corpus import Teacher
+    from genforge.errors import GenforgeError
+    from genforge.eval.speech_metrics import intelligibility
+
+    out = {}
+    for name in names:
+        try:
+            voice = Teacher(name, threads)
+            voice.speak("Warm up.")
+            waves, seconds, sr = [], 0.0, 22050
+            for text in texts:
+                t0 = time.perf_counter()
+                wav, sr = voice.speak(text)
+                seconds += time.perf_counter() - t0
+                waves.append(wav)
+        except GenforgeError as e:
+            out[name] = {"error": str(e)}
+            continue
+        audio_s = sum(len(w) for w in waves) / sr
+        entry = {"sample_rate": sr, "audio_seconds": round(audio_s, 2), "rtf": round(seconds / audio_s, 4),
+                 "rtf_includes_process_start": name != "piper-joe"}
+        if asr is not None:
+            entry = {**entry, **intelligibility(texts, waves, sr, asr, synth_seconds=seconds)}
+        out[name] = entry
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", help="acoustic (tts) run dir")
@@ -97,6 +192,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-whisper", action="store_true", help="skip the WER measurement")
     ap.add_argument("--name", default="tts")
+    ap.add_argument("--voices", default="piper-joe,festival,espeak",
+                    help="other voices to score on the same sentences (comma-separated; '' for none)")
+    ap.add_argument("--onnx-rounds", type=int, default=3, help="rounds of the ONNX RTF (0: skip it)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.recipe_speed:
@@ -119,9 +217,10 @@ def main() -> None:
     # warm-up: first calls allocate and pick kernels
     list(pipe.stream("Warm up."))
     t_ac = t_voc = 0.0
-    audio_s, waves, mcds, copy_mcds, mels = 0.0, [], [], [], []
+    audio_s, waves, mcds, copy_mcds, mels, all_ids = 0.0, [], [], [], [], []
     for i, text in enumerate(texts):
         sentences = text_to_ids(text, pipe.inventory)
+        all_ids += sentences
         parts = []
         for ids in sentences:
             t0 = time.perf_counter()
@@ -159,20 +258,34 @@ def main() -> None:
         "vocoder_params_m": round(sum(p.numel() for p in pipe.vocoder.model.parameters()) / 1e6, 3)
         if pipe.vocoder is not None else 0,
     }
+    if args.onnx_rounds > 0:
+        if pipe.vocoder is None:
+            result["onnx"] = {"error": "Griffin-Lim has no ONNX export: give a trained vocoder (--vocoder)"}
+        else:
+            result["onnx"] = onnx_rtf(pipe, all_ids, args.threads, args.onnx_rounds)
+            result["rtf_onnx"] = result["onnx"]["onnxruntime"]["rtf"]
+    asr = None
     if not args.no_whisper:
         from genforge.eval.speech_metrics import Transcriber, intelligibility
 
         asr = Transcriber(threads=args.threads)
-        result["whisper_genforge"] = intelligibility(texts, waves, sr, asr)
+        result["whisper_genforge"] = intelligibility(texts, waves, sr, asr, synth_seconds=t_ac + t_voc)
         teacher_waves = [np.asarray(held.column("audio")[i], dtype=np.float32) for i in range(len(texts))]
         result["whisper_teacher"] = intelligibility(texts, teacher_waves, sr, asr)
         result["wer"] = result["whisper_genforge"]["wer"]
         result["wer_teacher"] = result["whisper_teacher"]["wer"]
+    names = [v.strip() for v in args.voices.split(",") if v.strip()]
+    if names:
+        result["voices"] = other_voices(names, texts, args.threads, asr)
+        result["wer_voices"] = {k: v.get("wer") for k, v in result["voices"].items()}
+        result["rtf_voices"] = {k: v.get("rtf") for k, v in result["voices"].items()}
     png = RESULTS / f"{args.name}_mel.png"
     RESULTS.mkdir(parents=True, exist_ok=True)
     mel_png(png, *mels)
     result["mel_png"] = str(png.relative_to(RESULTS.parent.parent))
     result["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    # other processes' load changes every RTF here several-fold on a small machine: recorded with them
+    result["load_average_1min"] = round(__import__("os").getloadavg()[0], 2)
     save(args.name, result)
 
 

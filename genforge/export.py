@@ -6,7 +6,8 @@
   a sampling loop, with classifier-free guidance, that reproduces ``genforge sample``.
 * ``onnx`` (every run): the network's forward pass with a dynamic batch axis: a GAN generator
   (latent [+ label] -> image), the diffusion UNet as a denoiser (sample, timestep [, class_labels];
-  the sampling loop stays in Python) or the classifier (image -> logits).
+  the sampling loop stays in Python) or the classifier (image -> logits); speech runs (acoustic model,
+  vocoder) through export_speech.py.
 
 ONNX files come from torch's TorchScript-based exporter (``dynamo=False``, deprecated but present in
 the pinned torch). The torch.export-based default also works offline, but it needs onnxscript, took
@@ -71,6 +72,13 @@ def export_run(run: str | Path, out: Path, fmt: Optional[str] = None, step: Opti
         how = ("UNet2DModel in unet/ + DDPMScheduler in scheduler/; README.md shows sampling with class "
                "labels and guidance" if conditional else
                "diffusers DDPMPipeline; load with DDPMPipeline.from_pretrained")
+    elif task in ("tts", "vocoder"):  # speech has its own graphs and README: export_speech.py
+        from .export_speech import write_speech_onnx
+
+        _require_onnx()
+        what: list[str] = []
+        _staged(out, lambda d: what.append(write_speech_onnx(pipe, d, out, step)))
+        how = f"ONNX opset {ONNX_OPSET}, {what[0]}; README.md shows text -> speech with onnxruntime"
     else:
         _require_onnx()
         _staged(out, lambda d: _write_onnx(pipe, d, out, step))

@@ -13,8 +13,9 @@ fi
 
 # Text and speech corpora and tools, all offline from Debian: the Bibles (sword-text-web/-sparv, dumped with
 # libsword-utils' mod2imp) and the Python docs for `genforge data`, Apertium as the translation baseline,
-# espeak-ng for phonemes
+# espeak-ng for phonemes, Festival's HTS voice as a teacher and as a baseline voice in bench/tts.py
 DEB_PACKAGES="sword-text-web sword-text-sparv libsword-utils python3-doc apertium-eng-spa espeak-ng"
+DEB_PACKAGES="$DEB_PACKAGES festival festvox-us-slt-hts"
 MISSING=""
 for p in $DEB_PACKAGES; do dpkg -s "$p" >/dev/null 2>&1 || MISSING="$MISSING $p"; done
 if [ -n "$MISSING" ]; then
