@@ -1,7 +1,8 @@
 """Speech synthesis benchmark: speed and quality of an acoustic run + vocoder against the teacher.
 
     OMP_NUM_THREADS=2 .venv/bin/python bench/tts.py --model runs/tts-joe [--vocoder runs/vocoder-joe] \
-        [--n 20] [--threads 2] [--no-whisper] [--voices piper-joe,festival,espeak] [--onnx-rounds 3]
+        [--n 20] [--threads 2] [--no-whisper] [--voices piper-joe,festival,espeak] [--onnx-rounds 3] \
+        [--sentences data/speech-joe/heldout.txt]   # sentences the corpus never had, spoken by --teacher
     OMP_NUM_THREADS=2 .venv/bin/python bench/tts.py --recipe-speed --threads 2   # sizes only, no runs
 
 On the held-out clips of the acoustic run's own data (its test split: the teacher's audio of sentences
@@ -195,6 +196,10 @@ def main() -> None:
     ap.add_argument("--voices", default="piper-joe,festival,espeak",
                     help="other voices to score on the same sentences (comma-separated; '' for none)")
     ap.add_argument("--onnx-rounds", type=int, default=3, help="rounds of the ONNX RTF (0: skip it)")
+    ap.add_argument("--sentences", help="a text file of held-out sentences (one per line; e.g. the corpus's "
+                    "heldout.txt) that --teacher speaks now, instead of the run's test clips")
+    ap.add_argument("--teacher", default="piper-joe", help="the voice that speaks --sentences for MCD and the "
+                    "teacher's WER")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.recipe_speed:
@@ -210,9 +215,26 @@ def main() -> None:
     from genforge.speech.frontend import text_to_ids
 
     pipe = load_speech(args.model, args.vocoder, device="cpu")
-    held = load_dataset(pipe.cfg.data.model_copy(update={"split": "test", "limit": args.n}))
-    texts = list(held.column("text"))
     sr = pipe.sample_rate
+    if args.sentences:  # sentences the corpus never spoke; the teacher speaks them now
+        from genforge.data.speech import trim_silence
+        from genforge.data.speech_corpus import Teacher
+
+        texts = [t.strip() for t in Path(args.sentences).read_text(encoding="utf-8").splitlines() if t.strip()]
+        texts = texts[:args.n]
+        teacher_voice = Teacher(args.teacher, args.threads)
+        teacher_audio = []
+        for text in texts:
+            wav, teacher_sr = teacher_voice.speak(text)
+            if teacher_sr != sr:
+                raise SystemExit(f"the teacher speaks at {teacher_sr} Hz, the voice at {sr} Hz")
+            teacher_audio.append(trim_silence(np.asarray(wav, dtype=np.float32)))  # as the corpus loader does
+        teacher_mels = [log_mel(torch.from_numpy(w)) for w in teacher_audio]
+    else:  # the run's own test split: the teacher's clips of sentences it never trained on
+        held = load_dataset(pipe.cfg.data.model_copy(update={"split": "test", "limit": args.n}))
+        texts = list(held.column("text"))
+        teacher_audio = [np.asarray(a, dtype=np.float32) for a in held.column("audio")]
+        teacher_mels = [torch.as_tensor(m, dtype=torch.float32) for m in held.column("mel")]
 
     # warm-up: first calls allocate and pick kernels
     list(pipe.stream("Warm up."))
@@ -232,7 +254,7 @@ def main() -> None:
         wav = np.concatenate(parts)
         waves.append(wav)
         audio_s += len(wav) / sr
-        teacher = torch.as_tensor(held.column("mel")[i], dtype=torch.float32)
+        teacher = teacher_mels[i]
         ours = log_mel(torch.from_numpy(wav))
         mcds.append(mcd(ours, teacher))
         copy = pipe.vocode(teacher)
@@ -249,6 +271,7 @@ def main() -> None:
 
     result = {
         "model": str(pipe.run_dir), "vocoder": pipe.vocoder_name, "clips": len(texts),
+        "sentences": args.sentences or "the run's test split",
         "audio_seconds": round(audio_s, 2),
         "rtf": round((t_ac + t_voc) / audio_s, 4), "rtf_acoustic": round(t_ac / audio_s, 4),
         "rtf_vocoder": round(t_voc / audio_s, 4),
@@ -270,8 +293,7 @@ def main() -> None:
 
         asr = Transcriber(threads=args.threads)
         result["whisper_genforge"] = intelligibility(texts, waves, sr, asr, synth_seconds=t_ac + t_voc)
-        teacher_waves = [np.asarray(held.column("audio")[i], dtype=np.float32) for i in range(len(texts))]
-        result["whisper_teacher"] = intelligibility(texts, teacher_waves, sr, asr)
+        result["whisper_teacher"] = intelligibility(texts, teacher_audio, sr, asr)
         result["wer"] = result["whisper_genforge"]["wer"]
         result["wer_teacher"] = result["whisper_teacher"]["wer"]
     names = [v.strip() for v in args.voices.split(",") if v.strip()]
