@@ -5,9 +5,11 @@ seen and the held-out compositions separately, else all. Each clip is judged by
 genforge.eval.motion against its caption (all-correct and per-attribute rates, identity frames,
 flicker), and the real test clips of the same captions give the verifier's ceiling
 (genforge/eval/video_gen.py does both). Also: clips/s of 4 clips at the pipeline's defaults and
-peak RSS. No FVD: no video feature net is registered yet.
+peak RSS. FVD-<net> per set and guidance with a video feature net (--feature-net, a video_classify
+run; default: the shipped one, and without one the FVD lines are skipped with a note).
 
     python bench/video.py RUN_DIR [--clips 32] [--guidance 1,2,4] [--steps N] [--threads 2]
+                          [--feature-net RUN_DIR]
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import peak_rss_mb, save  # noqa: E402
 
 import genforge  # noqa: E402
+from genforge.eval.fvd import default_video_feature_net, video_feature_net  # noqa: E402
 from genforge.eval.video_gen import composition_sets, score_video_run  # noqa: E402
 
 
@@ -37,6 +40,11 @@ def speed(pipe, prompt: str, n: int = 4, steps=None) -> dict:
             "seconds": round(dt, 3), "clips_per_s": round(n / dt, 4)}
 
 
+def _set_line(name: str, scores: dict) -> str:
+    line = f"{name} {scores['generated']['all_correct']:.3f} (real {scores['real']['all_correct']:.3f})"
+    return line + (f" {scores['fvd']['metric']} {scores['fvd']['value']:.2f}" if "fvd" in scores else "")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run")
@@ -46,23 +54,27 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--name", default="video")
+    ap.add_argument("--feature-net", default=None, help="video_classify run dir / shipped name for FVD")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
     pipe = genforge.load(args.run, device="cpu")
     sets = composition_sets(pipe.cfg, args.clips)
-    quality = {}
+    net = video_feature_net(args.feature_net, "cpu") if args.feature_net else default_video_feature_net("cpu")
+    quality, fvd_note = {}, None
     for g in [float(x) for x in args.guidance.split(",")]:
-        report = score_video_run(pipe, guidance=g, steps=args.steps, seed=args.seed, sets=sets)
+        report = score_video_run(pipe, guidance=g, steps=args.steps, seed=args.seed, sets=sets, feature_net=net)
         quality[f"guidance_{g:g}"] = report["sets"]
-        print(f"guidance {g:g}: " + ", ".join(f"{k} {v['generated']['all_correct']:.3f} (real "
-                                               f"{v['real']['all_correct']:.3f})" for k, v in report["sets"].items()),
-              flush=True)
+        fvd_note = report.get("fvd_note")
+        print(f"guidance {g:g}: " + ", ".join(_set_line(k, v) for k, v in report["sets"].items()), flush=True)
+    if fvd_note:
+        print(fvd_note, flush=True)
     first = next(iter(sets.values())).column("caption")[0]
     save(args.name, {"run": str(pipe.run_dir), "steps": args.steps or pipe.default_steps,
                      "frames": pipe.default_frames, "fps": pipe.fps,
                      "params": sum(p.numel() for p in pipe.model.parameters()),
                      "clips_per_set": {k: len(v) for k, v in sets.items()}, "quality": quality,
+                     "fvd_feature_net": None if net is None else net.name, "fvd_note": fvd_note,
                      "speed_4_clips_default": speed(pipe, first, steps=args.steps),
                      "peak_rss_mb": round(peak_rss_mb(), 1)})
 

@@ -104,13 +104,15 @@ def sample(
                                       "the run's data.fps)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Write the clip here: .mp4, .gif or .png (a strip "
                                        "of frames) (video runs; n > 1 clips side by side)."),
+    first_frame: Optional[Path] = typer.Option(None, "--first-frame", help="Image the clips start from "
+                                               "(video runs; resized to the model's frames)."),
 ):
     """Generate images from a GAN, diffusion or text2image run, or clips from a video run."""
     from . import load
     from .data.transforms import make_grid, to_uint8
     from .pipelines.image import ImagePipeline
 
-    video_args = {"--frames": frames, "--fps": fps, "--out": out}
+    video_args = {"--frames": frames, "--fps": fps, "--out": out, "--first-frame": first_frame}
     if grid is None and out_dir is None and out is None:
         raise GenforgeError("say where to write the images: --grid FILE.png and/or --out-dir DIR "
                             "(video runs: --out FILE.mp4)")
@@ -123,7 +125,7 @@ def sample(
 
         return sample_video(pipe, n=n, seed=seed, steps=steps, sampler=sampler, guidance=guidance, labels=labels,
                             grid=grid, out_dir=out_dir, scale=scale, prompt=prompt, negative_prompt=negative_prompt,
-                            frames=frames, fps=fps, out=out)
+                            frames=frames, fps=fps, out=out, first_frame=first_frame)
     n = 16 if n is None else n
     given_video = [k for k, v in video_args.items() if v is not None]
     if given_video:
@@ -177,7 +179,7 @@ def export(
     run_dir: str = typer.Argument(..., help="Run directory or shipped model name."),
     out: Path = typer.Argument(..., help="New directory to write the exported model to."),
     fmt: Optional[str] = typer.Option(None, "--format", help="diffusers (diffusion runs; their default) or "
-                                      "onnx (every run; the default for GAN and classifier runs)."),
+                                      "onnx (the default for GAN, classifier, tts and vocoder runs)."),
     step: Optional[int] = typer.Option(None, "--step", help="Export the checkpoint kept at this training "
                                        "step (train_state/) instead of the final weights."),
 ):

@@ -67,7 +67,8 @@ def speak_cmd(
     model: Optional[str] = typer.Option(None, "--voice", "--model", "-m", help="Voice: an acoustic (task: "
                                         "tts) run directory or shipped model; default: the shipped voice."),
     vocoder: Optional[str] = typer.Option(None, "--vocoder", help="Vocoder run directory; default: the one "
-                                          "the acoustic run names (task_params.vocoder), else Griffin-Lim; griffin-lim forces it."),
+                                          "the acoustic run names (task_params.vocoder), else Griffin-Lim; "
+                                          "griffin-lim forces it."),
     out: Path = typer.Option(Path("speech.wav"), "--out", "-o", help="WAV file to write."),
     file: Optional[Path] = typer.Option(None, "--file", "-f",
                                         help="Read the text from this file ('-': stdin)."),

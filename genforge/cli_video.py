@@ -26,12 +26,30 @@ def clips_side_by_side(clips):
     return out
 
 
+def read_first_frame(path: Path):
+    """The image at ``path`` as a PIL image (the pipeline resizes it), or a one-line error."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.copy()
+    except FileNotFoundError:
+        raise GenforgeError(f"--first-frame {path}: no such file") from None
+    except IsADirectoryError:
+        raise GenforgeError(f"--first-frame {path} is a directory; give an image file") from None
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise GenforgeError(f"--first-frame {path} is not a readable image ({type(e).__name__}); give a PNG or "
+                            "JPEG file") from None
+
+
 def sample_video(pipe, *, n: Optional[int], seed: int, steps: Optional[int], sampler: Optional[str],
                  guidance: Optional[float], labels: Optional[str], grid: Optional[Path], out_dir: Optional[Path],
                  scale: int, prompt: Optional[str], negative_prompt: Optional[str], frames: Optional[int],
-                 fps: Optional[int], out: Optional[Path]) -> None:
+                 fps: Optional[int], out: Optional[Path], first_frame: Optional[Path] = None) -> None:
     """``genforge sample`` for a video run: --out FILE (.mp4/.gif/.png strip) and/or --grid (each clip's
-    frames in a row). Every argument is checked before sampling, so a refusal writes nothing."""
+    frames in a row); --first-frame IMAGE starts every clip from that image. Every argument is checked
+    before sampling, so a refusal writes nothing."""
     from .data.transforms import make_grid, to_uint8
     from .tasks.video import pick_frames
     from .train.logging import step_progress
@@ -53,10 +71,11 @@ def sample_video(pipe, *, n: Optional[int], seed: int, steps: Optional[int], sam
     frames = pipe.check_frames(frames)
     steps = pipe.default_steps if steps is None else steps
     pipe.check_sampling(steps, sampler or "dpm++", pipe.default_guidance if guidance is None else guidance, seed)
+    first = None if first_frame is None else read_first_frame(first_frame)
     with step_progress("sample") as report:
         clips = to_uint8(pipe.generate(n=n, seed=seed, steps=steps, sampler=sampler or "dpm++", prompt=prompt or "",
                                        negative_prompt=negative_prompt, guidance=guidance, frames=frames,
-                                       progress=report))
+                                       first_frame=first, progress=report))
     written = []
     if out is not None:
         write_video(out, clips_side_by_side(clips), fps)
@@ -77,10 +96,12 @@ def eval_video(
     seed: int = typer.Option(0),
     device: str = typer.Option("auto"),
     out: Optional[Path] = typer.Option(None, help="Also write the JSON report here."),
+    feature_net: Optional[str] = typer.Option(None, "--feature-net", help="video_classify run dir / shipped "
+                                              "name for FVD-<name> (default: the shipped one; none: no FVD)."),
 ):
     """Motion-verifier scores of generated clips: all-correct and per-attribute rates on seen and
     held-out compositions, object identity across frames, flicker; the same for real test clips
-    (the verifier's own ceiling)."""
+    (the verifier's own ceiling); FVD-<feature net> between generated and real clips per set."""
     from . import load
     from .eval.video_gen import score_video_run
     from .pipelines.video import VideoPipeline
@@ -90,7 +111,12 @@ def eval_video(
     pipe = load(run_dir, device=device)
     if not isinstance(pipe, VideoPipeline):
         raise GenforgeError(f"{run_dir} is a {pipe.cfg.task!r} run; eval video needs a video run")
-    report = score_video_run(pipe, n=n, guidance=guidance, steps=steps, seed=seed)
+    from .eval.fvd import default_video_feature_net, video_feature_net
+
+    net = video_feature_net(feature_net, device) if feature_net else default_video_feature_net(device)
+    report = score_video_run(pipe, n=n, guidance=guidance, steps=steps, seed=seed, feature_net=net)
+    if net is None:
+        typer.echo(report["fvd_note"], err=True)
     if out is not None:
         from .train.checkpoint import atomic_write_bytes
 

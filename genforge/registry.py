@@ -79,12 +79,14 @@ def _in(package: str, *names: str) -> tuple[str, ...]:
 
 
 MODELS = Registry("model", _in("models", "cnn", "diffusion", "gan", "recognizer", "text2image", "captioner",
-                               "textgan", "clip", "gpt", "seq2seq", "video", "tts", "vocoder"))
+                               "textgan", "clip", "gpt", "seq2seq", "video", "video_classifier", "tts",
+                               "vocoder"))
 TASKS = Registry("task", _in("tasks", "classify", "diffusion", "gan", "recognize", "text2image", "caption",
-                             "textgan", "contrastive", "lm", "translate", "video", "tts", "vocoder"))
-DATASETS = Registry("dataset", _in("data", "captions", "digits", "fashion", "folder", "shapes", "text", "parallel", "video", "video_folder",
-                                   "speech"))
-FEATURE_NETS = Registry("feature net", _in("eval", "fid", "inception"))
+                             "textgan", "contrastive", "lm", "translate", "video", "video_classify", "tts",
+                             "vocoder"))
+DATASETS = Registry("dataset", _in("data", "captions", "digits", "fashion", "folder", "shapes", "text",
+                                   "parallel", "video", "video_folder", "speech"))
+FEATURE_NETS = Registry("feature net", _in("eval", "fid", "inception", "fvd"))
 
 register_model = MODELS.register
 register_task = TASKS.register
