@@ -223,18 +223,25 @@ def main() -> None:
         texts = [t.strip() for t in Path(args.sentences).read_text(encoding="utf-8").splitlines() if t.strip()]
         texts = texts[:args.n]
         teacher_voice = Teacher(args.teacher, args.threads)
-        teacher_audio = []
+        teacher_voice.speak("Warm up.")
+        teacher_audio, teacher_s, teacher_samples = [], 0.0, 0
         for text in texts:
+            t0 = time.perf_counter()
             wav, teacher_sr = teacher_voice.speak(text)
+            teacher_s += time.perf_counter() - t0
+            teacher_samples += len(wav)
             if teacher_sr != sr:
                 raise SystemExit(f"the teacher speaks at {teacher_sr} Hz, the voice at {sr} Hz")
             teacher_audio.append(trim_silence(np.asarray(wav, dtype=np.float32)))  # as the corpus loader does
         teacher_mels = [log_mel(torch.from_numpy(w)) for w in teacher_audio]
+        # the teacher's speed on the same sentences in this same process (over its untrimmed audio)
+        teacher_rtf = teacher_s / (teacher_samples / sr)
     else:  # the run's own test split: the teacher's clips of sentences it never trained on
         held = load_dataset(pipe.cfg.data.model_copy(update={"split": "test", "limit": args.n}))
         texts = list(held.column("text"))
         teacher_audio = [np.asarray(a, dtype=np.float32) for a in held.column("audio")]
         teacher_mels = [torch.as_tensor(m, dtype=torch.float32) for m in held.column("mel")]
+        teacher_rtf = None
 
     # warm-up: first calls allocate and pick kernels
     list(pipe.stream("Warm up."))
@@ -276,6 +283,7 @@ def main() -> None:
         "rtf": round((t_ac + t_voc) / audio_s, 4), "rtf_acoustic": round(t_ac / audio_s, 4),
         "rtf_vocoder": round(t_voc / audio_s, 4),
         "first_chunk_s": round(float(np.median(firsts)), 4),
+        "rtf_teacher": round(teacher_rtf, 4) if teacher_rtf is not None else None,
         "mcd_db": round(float(np.mean(mcds)), 3), "mcd_copy_synthesis_db": round(float(np.mean(copy_mcds)), 3),
         "acoustic_params_m": round(sum(p.numel() for p in pipe.model.parameters()) / 1e6, 3),
         "vocoder_params_m": round(sum(p.numel() for p in pipe.vocoder.model.parameters()) / 1e6, 3)

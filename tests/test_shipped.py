@@ -1,7 +1,9 @@
 """The shipped default models load, generate and carry their recipe and measured figures."""
 import json
 
+import numpy as np
 import pytest
+import torch
 
 import genforge
 from genforge.pipelines import ASSETS_DIR, shipped_models
@@ -34,8 +36,6 @@ def test_shipped_model_runs_and_records_its_recipe(name):
         notes = cfg["notes"]
         assert 0 < notes["test_text_to_image_top1"] <= 1 and 0 < notes["test_image_to_text_top1"] <= 1
         assert all(0 <= v <= 1 for g in notes["r_precision"].values() for v in g.values())
-        import torch
-
         from genforge.data.shapes import render_batch, scene_for_item
         from genforge.data.transforms import to_float
 
@@ -58,6 +58,22 @@ def test_shipped_model_runs_and_records_its_recipe(name):
         held_out = cfg["notes"]["held_out"]
         assert 0 <= held_out["bleu"] <= 100 and 0 <= held_out["chrf"] <= 100
         assert pipe.translate(["God said."], beam=2)[0].strip()
+    elif cfg["task"] == "tts":
+        bench = cfg["notes"]["bench"]  # bench/tts.py's figures for the shipped pair
+        assert 0 <= bench["wer"] <= 1 and bench["rtf"] > 0 and bench["mcd_db"] > 0
+        assert pipe.vocoder is not None  # names a shipped vocoder, not the Griffin-Lim floor
+        wav, sr = pipe("A short test.")
+        assert sr == 22050 and len(wav) > sr // 4 and np.isfinite(wav).all()
+        assert np.array_equal(wav, pipe("A short test.")[0])
+    elif cfg["task"] == "vocoder":
+        wav = pipe(np.zeros((cfg["model"]["params"].get("n_mels", 80), 20), np.float32) - 5)
+        assert wav.shape == (19 * 256,) and np.isfinite(wav).all()
+    elif cfg["task"] == "video":
+        assert all(0 <= v <= 1 for k, v in cfg["notes"]["held_out"].items() if k.startswith("motion_"))
+        prompt = "a small red circle moves right"
+        clip = pipe(prompt=prompt, n=1, seed=3, steps=2)
+        assert clip.shape[:2] == (1, cfg["data"]["frames"]) and clip.dtype == torch.uint8
+        assert torch.equal(clip, pipe(prompt=prompt, n=1, seed=3, steps=2))
     else:
         assert 0 < cfg["notes"]["test_accuracy"] <= 1
 

@@ -83,7 +83,7 @@ class SpeechPipeline(Pipeline):
                 self._vocoder, self._vocoder_set = None, True
                 return
             p = Path(named).expanduser()
-            path = p if p.is_absolute() else Path(self.run_dir) / p
+            path = p if p.is_absolute() else (Path(self.run_dir) / p).resolve()  # no "voice/../vocoder"
             if not path.is_dir():
                 raise GenforgeError(f"{self.run_dir} names vocoder {named!r} (task_params.vocoder), but "
                                     f"{path} does not exist; train it, or give another vocoder (--vocoder RUN_DIR, or "
