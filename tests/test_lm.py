@@ -11,24 +11,7 @@ from genforge.config import DataConfig, load_config
 from genforge.data import load_dataset
 from genforge.data.text import chunks
 from genforge.models.gpt import GPT, filter_logits, pick, stream_ids
-
-TINY = dict(vocab_size=40, block_size=16, n_layer=2, n_head=2, n_embd=16)
-
-
-def _corpus(path, lines=300):
-    words = ["alpha", "beta", "gamma", "delta", "omega"]
-    text = "".join(f"{words[i % 5]} {words[(3 * i) % 5]} line {i}.\n" + ("\n" if i % 7 == 0 else "")
-                   for i in range(lines))
-    path.write_text(text, encoding="utf-8")
-    return text
-
-
-def _lm_args(corpus, *extra):
-    return ["task=lm", "model.name=gpt", "model.params.vocab_size=64", "model.params.block_size=16",
-            "model.params.n_layer=1", "model.params.n_head=2", "model.params.n_embd=16",
-            "data.name=text", f"data.path={corpus}", "train.batch_size=4", "train.steps=3",
-            "train.tensorboard=false", "train.log_every=1", "train.lr=3e-3", "task_params.tokenizer=char",
-            "task_params.eval_tokens=200", "data.val_fraction=0.3", *extra]
+from text_runs import LM_TINY, lm_args, word_corpus
 
 
 # -- data ----------------------------------------------------------------------------------------
@@ -43,9 +26,9 @@ def test_chunks_rejoin_to_the_text_and_end_at_lines():
 
 
 def test_text_split_is_disjoint_and_skips_non_utf8(tmp_path):
-    _corpus(tmp_path / "a.txt")
+    word_corpus(tmp_path / "a.txt")
     (tmp_path / "sub").mkdir()
-    _corpus(tmp_path / "sub" / "b.md", lines=120)
+    word_corpus(tmp_path / "sub" / "b.md", lines=120)
     (tmp_path / "bad.txt").write_bytes(b"caf\xe9 latin-1\n")
     (tmp_path / "ignored.csv").write_text("not text for us\n")
     cfg = DataConfig(name="text", path=str(tmp_path), val_fraction=0.3)
@@ -67,7 +50,7 @@ def test_text_split_is_disjoint_and_skips_non_utf8(tmp_path):
 @pytest.mark.parametrize("positions", ["learned", "rotary"])
 def test_cached_forward_and_generation_equal_uncached(positions):
     torch.manual_seed(0)
-    model = GPT(**TINY, positions=positions).eval()
+    model = GPT(**LM_TINY, positions=positions).eval()
     ids = torch.randint(4, 40, (2, 12))
     with torch.no_grad():
         full = model(ids)
@@ -91,7 +74,7 @@ def test_cached_forward_and_generation_equal_uncached(positions):
 @pytest.mark.parametrize("positions", ["learned", "rotary"])
 def test_future_tokens_do_not_change_past_logits(positions):
     torch.manual_seed(1)
-    model = GPT(**TINY, positions=positions).eval()
+    model = GPT(**LM_TINY, positions=positions).eval()
     ids = torch.randint(4, 40, (1, 16))
     changed = ids.clone()
     changed[0, 9:] = (changed[0, 9:] + 7) % 40
@@ -104,12 +87,12 @@ def test_future_tokens_do_not_change_past_logits(positions):
 def test_weight_tying_shares_one_matrix_and_survives_save(tmp_path):
     from genforge.train.checkpoint import load_weights, save_tensors
 
-    tied, untied = GPT(**TINY), GPT(**TINY, tie_weights=False)
+    tied, untied = GPT(**LM_TINY), GPT(**LM_TINY, tie_weights=False)
     assert tied.head.weight is tied.wte.weight
     count = lambda m: sum(p.numel() for p in m.parameters())
-    assert count(untied) - count(tied) == TINY["vocab_size"] * TINY["n_embd"]
+    assert count(untied) - count(tied) == LM_TINY["vocab_size"] * LM_TINY["n_embd"]
     save_tensors(tmp_path / "m.safetensors", tied.state_dict())
-    back = GPT(**TINY)
+    back = GPT(**LM_TINY)
     load_weights(back, tmp_path / "m.safetensors")
     assert back.head.weight is back.wte.weight and torch.equal(back.wte.weight, tied.wte.weight)
 
@@ -120,7 +103,7 @@ def test_bad_model_shapes_are_refused():
     with pytest.raises(ValueError, match="positions"):
         GPT(positions="alibi")
     with pytest.raises(ValueError, match="context"):
-        GPT(**TINY)(torch.zeros(1, 17, dtype=torch.long))
+        GPT(**LM_TINY)(torch.zeros(1, 17, dtype=torch.long))
 
 
 # -- sampling controls ------------------------------------------------------------------------------
@@ -149,8 +132,8 @@ def lm_run(tmp_path_factory):
     from genforge.train.trainer import Trainer
 
     root = tmp_path_factory.mktemp("lm")
-    _corpus(root / "corpus.txt")
-    cfg = load_config(None, _lm_args(root / "corpus.txt", "train.steps=40"))
+    word_corpus(root / "corpus.txt")
+    cfg = load_config(None, lm_args(root / "corpus.txt", "train.steps=40"))
     result = Trainer(cfg, root / "run").fit()
     return root / "run", result
 
@@ -171,13 +154,13 @@ def test_training_lowers_the_loss_and_reports_perplexity(lm_run):
 def test_perplexity_of_a_uniform_model_is_the_vocabulary_size():
     from genforge.tasks.lm import perplexity
 
-    model = GPT(**TINY)
+    model = GPT(**LM_TINY)
     with torch.no_grad():
         model.head.weight.zero_()  # zero logits everywhere: every token has probability 1/V
     out = perplexity(model, torch.randint(4, 40, (75,)), batch_size=2)
     assert out["val_tokens"] == 74
-    assert out["val_loss"] == pytest.approx(math.log(TINY["vocab_size"]), rel=1e-6)
-    assert out["val_ppl"] == pytest.approx(TINY["vocab_size"], rel=1e-5)
+    assert out["val_loss"] == pytest.approx(math.log(LM_TINY["vocab_size"]), rel=1e-6)
+    assert out["val_ppl"] == pytest.approx(LM_TINY["vocab_size"], rel=1e-5)
 
 
 def test_pipeline_seed_greedy_stream_and_stop(lm_run):
@@ -200,8 +183,8 @@ def test_pipeline_seed_greedy_stream_and_stop(lm_run):
 
 
 def test_train_with_cli_then_write_prints_text(cli, tmp_path):
-    _corpus(tmp_path / "c.txt")
-    code, out, err = cli("train", *_lm_args(tmp_path / "c.txt"), "--out", tmp_path / "run")
+    word_corpus(tmp_path / "c.txt")
+    code, out, err = cli("train", *lm_args(tmp_path / "c.txt"), "--out", tmp_path / "run")
     assert code == 0, err
     code, out, err = cli("write", tmp_path / "run", "beta ", "--max-tokens", "12", "--temperature", "0")
     assert code == 0, err
@@ -223,14 +206,14 @@ def test_write_refuses_bad_sampling_values(cli, lm_run, option):
 
 
 def test_bad_lm_configs_exit_2(cli, tmp_path):
-    _corpus(tmp_path / "c.txt", lines=3)
+    word_corpus(tmp_path / "c.txt", lines=3)
     one = "train.batch_size=1"  # three lines are a single chunk
-    code, _, err = cli("train", *_lm_args(tmp_path / "c.txt", "task_params.tokenizer=bpe", one), "--out",
+    code, _, err = cli("train", *lm_args(tmp_path / "c.txt", "task_params.tokenizer=bpe", one), "--out",
                        tmp_path / "r1")
     assert code == 2 and "bytebpe" in err
-    code, _, err = cli("train", *_lm_args(tmp_path / "nowhere.txt", one), "--out", tmp_path / "r2")
+    code, _, err = cli("train", *lm_args(tmp_path / "nowhere.txt", one), "--out", tmp_path / "r2")
     assert code == 2 and "does not exist" in err
-    code, _, err = cli("train", *_lm_args(tmp_path / "c.txt", "data.val_fraction=0",
+    code, _, err = cli("train", *lm_args(tmp_path / "c.txt", "data.val_fraction=0",
                                           "model.params.block_size=512", one), "--out", tmp_path / "r3")
     assert code == 2 and "block_size" in err, err
     # refused after its tokenizer was trained: still nothing written, so the same --out works next time
@@ -238,7 +221,7 @@ def test_bad_lm_configs_exit_2(cli, tmp_path):
 
 
 def test_resume_is_exact(tmp_path):
-    _corpus(tmp_path / "c.txt")
-    cfg = load_config(None, _lm_args(tmp_path / "c.txt", "train.steps=4", "model.params.dropout=0.1",
+    word_corpus(tmp_path / "c.txt")
+    cfg = load_config(None, lm_args(tmp_path / "c.txt", "train.steps=4", "model.params.dropout=0.1",
                                      "task_params.eval_tokens=0"))
     assert_resume_exact(cfg, tmp_path, stop_at=2)

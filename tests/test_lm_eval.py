@@ -14,27 +14,15 @@ from genforge.errors import GenforgeError
 from genforge.models.gpt import GPT, pick
 from genforge.tasks.lm import bits_per_unit, score_text, scored_text
 from genforge.text.tokenizer import TextTokenizer
+from text_runs import LM_TINY, lm_args, word_corpus
 
 #: bits_per_unit is two divisions of inputs that are themselves one or two correctly rounded operations
 #: away from exact, so a handful of float64 roundings bound its error
 ROUNDING = 8 * sys.float_info.epsilon
-TINY = dict(vocab_size=40, block_size=16, n_layer=2, n_head=2, n_embd=16)
 
 
-def _corpus(path, lines=300):
-    words = ["alpha", "beta", "gamma", "delta", "omega"]
-    text = "".join(f"{words[i % 5]} {words[(3 * i) % 5]} line {i}.\n" + ("\n" if i % 7 == 0 else "")
-                   for i in range(lines))
-    path.write_text(text, encoding="utf-8")
-    return text
-
-
-def _lm_args(corpus, *extra):
-    return ["task=lm", "model.name=gpt", "model.params.vocab_size=64", "model.params.block_size=16",
-            "model.params.n_layer=1", "model.params.n_head=2", "model.params.n_embd=16",
-            "data.name=text", f"data.path={corpus}", "train.batch_size=4", "train.steps=6",
-            "train.tensorboard=false", "train.log_every=1", "train.lr=3e-3", "task_params.tokenizer=char",
-            "task_params.eval_tokens=300", "data.val_fraction=0.3", *extra]
+def _lm_args(corpus, *extra):  # 6 steps and a longer held-out text than lm_args' defaults
+    return lm_args(corpus, "train.steps=6", "task_params.eval_tokens=300", *extra)
 
 
 # -- bits per character / byte -------------------------------------------------------------------------
@@ -68,7 +56,7 @@ def test_scored_text_is_exactly_the_text_after_the_first_token():
 def test_uniform_model_scores_log2_vocab_bits_per_character():
     texts = ["abcab cba\n", "ccb ä\n"]
     tok = TextTokenizer.train(texts, kind="char", vocab_size=40, lowercase=False)
-    model = GPT(**TINY)
+    model = GPT(**LM_TINY)
     with torch.no_grad():
         model.head.weight.zero_()  # every token has probability 1/40
     out = score_text(model, tok, texts, batch_size=1)
@@ -84,7 +72,7 @@ def lm_run(tmp_path_factory):
     from genforge.train.trainer import Trainer
 
     root = tmp_path_factory.mktemp("lm-eval")
-    _corpus(root / "corpus.txt")
+    word_corpus(root / "corpus.txt")
     result = Trainer(load_config(None, _lm_args(root / "corpus.txt")), root / "run").fit()
     return root / "run", result
 
@@ -154,7 +142,7 @@ def _load(path, **kw):
 
 
 def test_binary_and_non_utf8_files_are_named_with_their_byte_offset(tmp_path):
-    _corpus(tmp_path / "good.txt", lines=40)
+    word_corpus(tmp_path / "good.txt", lines=40)
     (tmp_path / "latin.txt").write_bytes(b"plain start, then caf\xe9\n")
     (tmp_path / "blob.md").write_bytes(b"PK\x03\x04\x00\x00binary")
     with pytest.warns(UserWarning) as got:

@@ -71,6 +71,28 @@ def expected_b64(run_dir: Path, n: int, seed: int, **kw) -> list[str]:
     return [base64.b64encode(png_bytes(im)).decode() for im in to_pil_list(to_uint8(x))]
 
 
+#: GPT sizes for model-level tests (no training)
+LM_TINY = dict(vocab_size=40, block_size=16, n_layer=2, n_head=2, n_embd=16)
+
+
+def word_corpus(path: Path, lines: int = 300) -> str:
+    """A plain text of numbered word lines with a blank line every seventh; returns the text."""
+    words = ["alpha", "beta", "gamma", "delta", "omega"]
+    text = "".join(f"{words[i % 5]} {words[(3 * i) % 5]} line {i}.\n" + ("\n" if i % 7 == 0 else "")
+                   for i in range(lines))
+    path.write_text(text, encoding="utf-8")
+    return text
+
+
+def lm_args(corpus, *extra) -> list[str]:
+    """Overrides of a one-layer character-level GPT trained 3 steps on ``corpus`` (later ones win)."""
+    return ["task=lm", "model.name=gpt", "model.params.vocab_size=64", "model.params.block_size=16",
+            "model.params.n_layer=1", "model.params.n_head=2", "model.params.n_embd=16",
+            "data.name=text", f"data.path={corpus}", "train.batch_size=4", "train.steps=3",
+            "train.tensorboard=false", "train.log_every=1", "train.lr=3e-3", "task_params.tokenizer=char",
+            "task_params.eval_tokens=200", "data.val_fraction=0.3", *extra]
+
+
 def lm_corpus(path: Path, lines: int = 300) -> Path:
     """A small text with chat-like turns, so a few training steps give the model some habits."""
     words = ["alpha", "beta", "gamma", "delta", "omega"]
