@@ -10,7 +10,7 @@ import os
 import time
 
 import pytest
-from web_helpers import ARGS, CHROMIUM, serving
+from web_helpers import CHROMIUM, browser_page, serving
 
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} not installed")
 sync_api = pytest.importorskip("playwright.sync_api")
@@ -49,70 +49,63 @@ def server(tmp_path, lm_run, translate_run):
 def test_text_streams_into_the_page_and_translations_show(server, lm_run, translate_run):
     url, key, served = server
     lm = pipeline(lm_run)
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1100, "height": 1400})
-            errors: list[str] = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(url + "/")
-            expect = sync_api.expect
-            expect(page.locator("#lm-section")).to_be_hidden()
-            page.fill("#api-key", key)
-            page.click("#connect")
-            expect(page.locator("#key-status")).to_contain_text("1 language model(s), 1 translator(s)")
-            expect(page.locator("#lm-section")).to_be_visible()
-            expect(page.locator("#mt-section")).to_be_visible()
-            # greedy completion: the pipeline's text, in pieces spread over the generation
-            want = lm.generate("User: say alpha", max_tokens=40, temperature=0)
-            page.fill("#lm-prompt", "User: say alpha")
-            page.fill("#lm-max", "40")
-            page.fill("#lm-temp", "0")
-            page.evaluate(_WATCH)
-            page.click("#lm-write")
-            expect(page.locator("#lm-info")).to_contain_text("Done (reached max tokens)", timeout=30_000)
-            assert page.text_content("#lm-output") == want
-            times = page.evaluate("window.pieceTimes")
-            assert len(times) >= 10 and times[-1] - times[0] > 300  # 40 tokens at >= 25 ms each
-            # chat mode: the chat template's reply
-            page.select_option("#lm-mode", "chat")
-            page.fill("#lm-max", "20")
-            page.fill("#lm-prompt", "say beta")
-            page.click("#lm-write")
-            expect(page.locator("#lm-info")).to_contain_text("Done", timeout=30_000)
-            reply = lm.generate("User: say beta\nAssistant:", max_tokens=20, temperature=0,
-                                stop=["\nUser:", "\nSystem:"]).lstrip()
-            assert page.text_content("#lm-output") == reply
-            # stop mid-way: the page says so and the server frees the row
-            page.select_option("#lm-mode", "completion")
-            page.fill("#lm-max", "60")
-            page.fill("#lm-prompt", "a")
-            page.click("#lm-write")
-            expect(page.locator("#lm-stop")).to_be_enabled()
-            deadline = time.time() + 10  # (the page's CSP forbids wait_for_function's eval)
-            while len(page.text_content("#lm-output")) < 3 and time.time() < deadline:
-                time.sleep(0.01)
-            page.click("#lm-stop")
-            expect(page.locator("#lm-info")).to_have_text("Stopped.")
-            deadline = time.time() + 10
-            while served.batcher.active and time.time() < deadline:
-                time.sleep(0.02)
-            assert served.batcher.active == 0
-            # an error from the API is shown in words
-            page.fill("#lm-max", "500")
-            page.evaluate("document.getElementById('lm-max').removeAttribute('max')")
-            page.click("#lm-write")
-            expect(page.locator("#lm-error")).to_contain_text("max_tokens=500")
-            # the translation box: one text per line, the pipeline's translations in order
-            texts = ["the red house is big 3.", "a cat sees the dog 7."]
-            page.fill("#mt-input", "\n".join(texts))
-            page.fill("#mt-beam", "2")
-            page.click("#mt-translate")
-            expect(page.locator("#mt-output li")).to_have_count(2)
-            got = page.eval_on_selector_all("#mt-output li", "els => els.map(e => e.textContent)")
-            assert got == pipeline(translate_run).translate(texts, beam=2)
-            expect(page.locator("#mt-error")).to_be_empty()
-            page.screenshot(path="/tmp/genforge_ui_lm.png", full_page=True)
-            assert not errors, errors
-        finally:
-            browser.close()
+    with browser_page() as (page, errors):
+        page.goto(url + "/")
+        expect = sync_api.expect
+        expect(page.locator("#lm-section")).to_be_hidden()
+        page.fill("#api-key", key)
+        page.click("#connect")
+        expect(page.locator("#key-status")).to_contain_text("1 language model(s), 1 translator(s)")
+        expect(page.locator("#lm-section")).to_be_visible()
+        expect(page.locator("#mt-section")).to_be_visible()
+        # greedy completion: the pipeline's text, in pieces spread over the generation
+        want = lm.generate("User: say alpha", max_tokens=40, temperature=0)
+        page.fill("#lm-prompt", "User: say alpha")
+        page.fill("#lm-max", "40")
+        page.fill("#lm-temp", "0")
+        page.evaluate(_WATCH)
+        page.click("#lm-write")
+        expect(page.locator("#lm-info")).to_contain_text("Done (reached max tokens)", timeout=30_000)
+        assert page.text_content("#lm-output") == want
+        times = page.evaluate("window.pieceTimes")
+        assert len(times) >= 10 and times[-1] - times[0] > 300  # 40 tokens at >= 25 ms each
+        # chat mode: the chat template's reply
+        page.select_option("#lm-mode", "chat")
+        page.fill("#lm-max", "20")
+        page.fill("#lm-prompt", "say beta")
+        page.click("#lm-write")
+        expect(page.locator("#lm-info")).to_contain_text("Done", timeout=30_000)
+        reply = lm.generate("User: say beta\nAssistant:", max_tokens=20, temperature=0,
+                            stop=["\nUser:", "\nSystem:"]).lstrip()
+        assert page.text_content("#lm-output") == reply
+        # stop mid-way: the page says so and the server frees the row
+        page.select_option("#lm-mode", "completion")
+        page.fill("#lm-max", "60")
+        page.fill("#lm-prompt", "a")
+        page.click("#lm-write")
+        expect(page.locator("#lm-stop")).to_be_enabled()
+        deadline = time.time() + 10  # (the page's CSP forbids wait_for_function's eval)
+        while len(page.text_content("#lm-output")) < 3 and time.time() < deadline:
+            time.sleep(0.01)
+        page.click("#lm-stop")
+        expect(page.locator("#lm-info")).to_have_text("Stopped.")
+        deadline = time.time() + 10
+        while served.batcher.active and time.time() < deadline:
+            time.sleep(0.02)
+        assert served.batcher.active == 0
+        # an error from the API is shown in words
+        page.fill("#lm-max", "500")
+        page.evaluate("document.getElementById('lm-max').removeAttribute('max')")
+        page.click("#lm-write")
+        expect(page.locator("#lm-error")).to_contain_text("max_tokens=500")
+        # the translation box: one text per line, the pipeline's translations in order
+        texts = ["the red house is big 3.", "a cat sees the dog 7."]
+        page.fill("#mt-input", "\n".join(texts))
+        page.fill("#mt-beam", "2")
+        page.click("#mt-translate")
+        expect(page.locator("#mt-output li")).to_have_count(2)
+        got = page.eval_on_selector_all("#mt-output li", "els => els.map(e => e.textContent)")
+        assert got == pipeline(translate_run).translate(texts, beam=2)
+        expect(page.locator("#mt-error")).to_be_empty()
+        page.screenshot(path="/tmp/genforge_ui_lm.png", full_page=True)
+        assert not errors, errors

@@ -10,7 +10,7 @@ import io
 import os
 
 import pytest
-from web_helpers import ARGS, CHROMIUM, serving
+from web_helpers import CHROMIUM, browser_page, serving
 
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} not installed")
 sync_api = pytest.importorskip("playwright.sync_api")
@@ -59,63 +59,56 @@ def test_prompt_box_and_caption_drop_zone(server, text_runs):
     scenes = [render(Scene([Obj("circle", "red", "small", 0, 1), Obj("square", "blue", "large", 2, 1)]), 16),
               render(Scene([Obj("triangle", "green", "large", 1, 1)], background="grey"), 16)]
     cap = pipeline(text_runs["cap"])
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1100, "height": 1600})
-            errors: list[str] = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(url + "/")
-            expect = sync_api.expect
-            expect(page.locator("#t2i-section")).to_be_hidden()  # nothing to show before connecting
-            page.fill("#api-key", key)
-            page.click("#connect")
-            expect(page.locator("#key-status")).to_contain_text("2 text-to-image, 1 captioner")
-            expect(page.locator("#t2i-section")).to_be_visible()
-            expect(page.locator("#cap-section")).to_be_visible()
-            # the prompt box: the page shows the images the API makes for that prompt and seed
-            page.select_option("#t2i-model", "t2i")
-            expect(page.locator("#t2i-guidance")).to_be_visible()
-            page.fill("#t2i-prompt", PROMPT)
-            page.fill("#t2i-n", "3")
-            page.fill("#t2i-seed", "7")
-            page.fill("#t2i-guidance", "2")
-            page.fill("#t2i-negative", "green")
-            page.click("#t2i-generate")
-            expect(page.locator("#t2i-gallery img")).to_have_count(3)
-            srcs = page.eval_on_selector_all("#t2i-gallery img", "els => els.map(e => e.src)")
-            want = expected_b64(text_runs["t2i"], 3, 7, prompt=PROMPT, guidance=2.0, negative_prompt="green",
-                                steps=3)
-            assert srcs == [f"data:image/png;base64,{b}" for b in want]
-            expect(page.locator("#t2i-info")).to_contain_text("3 image(s) from t2i, seed 7")
-            expect(page.locator("#t2i-error")).to_be_empty()
-            # a GAN has no steps or guidance to set, and refuses an empty prompt in words
-            page.select_option("#t2i-model", "textgan")
-            expect(page.locator("#t2i-guidance")).to_be_hidden()
-            page.fill("#t2i-negative", "")
-            page.fill("#t2i-prompt", "")
-            page.click("#t2i-generate")
-            expect(page.locator("#t2i-error")).to_contain_text("empty prompt")
-            expect(page.locator("#t2i-gallery img")).to_have_count(0)  # old images do not pose as the answer
-            expect(page.locator("#t2i-error")).to_have_css("color", page.locator("#gen-error").evaluate(
-                "e => getComputedStyle(e).color"))
-            # the caption drop zone: a chosen file, then a dropped one
-            page.set_input_files("#cap-file", files=[{"name": "a.png", "mimeType": "image/png",
-                                                      "buffer": base64.b64decode(_png_b64(scenes[0]))}])
-            expect(page.locator("#cap-text")).to_have_text(cap.caption([scenes[0]])[0])
-            expect(page.locator("#cap-preview")).to_be_visible()
-            first = page.get_attribute("#cap-preview", "src")
-            page.fill("#cap-beam", "3")
-            dropped = page.evaluate_handle(_DROPPED, [_png_b64(scenes[1]), "b.png"])
-            page.dispatch_event("#cap-drop", "drop", {"dataTransfer": dropped})
-            expect(page.locator("#cap-preview")).not_to_have_attribute("src", first)  # the dropped file's
-            expect(page.locator("#cap-text")).to_have_text(cap.caption([scenes[1]], beam=3)[0])
-            page.screenshot(path="/tmp/genforge_ui_text.png", full_page=True)
-            tiny = page.evaluate_handle(_DROPPED, [_png_b64(Image.new("RGB", (1, 1))), "c.png"])
-            page.dispatch_event("#cap-drop", "drop", {"dataTransfer": tiny})
-            expect(page.locator("#cap-error")).to_contain_text("8x8")
-            expect(page.locator("#cap-text")).to_be_empty()
-            expect(page.locator("#cap-preview")).to_be_hidden()
-            assert not errors, errors
-        finally:
-            browser.close()
+    with browser_page(height=1600) as (page, errors):
+        page.goto(url + "/")
+        expect = sync_api.expect
+        expect(page.locator("#t2i-section")).to_be_hidden()  # nothing to show before connecting
+        page.fill("#api-key", key)
+        page.click("#connect")
+        expect(page.locator("#key-status")).to_contain_text("2 text-to-image, 1 captioner")
+        expect(page.locator("#t2i-section")).to_be_visible()
+        expect(page.locator("#cap-section")).to_be_visible()
+        # the prompt box: the page shows the images the API makes for that prompt and seed
+        page.select_option("#t2i-model", "t2i")
+        expect(page.locator("#t2i-guidance")).to_be_visible()
+        page.fill("#t2i-prompt", PROMPT)
+        page.fill("#t2i-n", "3")
+        page.fill("#t2i-seed", "7")
+        page.fill("#t2i-guidance", "2")
+        page.fill("#t2i-negative", "green")
+        page.click("#t2i-generate")
+        expect(page.locator("#t2i-gallery img")).to_have_count(3)
+        srcs = page.eval_on_selector_all("#t2i-gallery img", "els => els.map(e => e.src)")
+        want = expected_b64(text_runs["t2i"], 3, 7, prompt=PROMPT, guidance=2.0, negative_prompt="green",
+                            steps=3)
+        assert srcs == [f"data:image/png;base64,{b}" for b in want]
+        expect(page.locator("#t2i-info")).to_contain_text("3 image(s) from t2i, seed 7")
+        expect(page.locator("#t2i-error")).to_be_empty()
+        # a GAN has no steps or guidance to set, and refuses an empty prompt in words
+        page.select_option("#t2i-model", "textgan")
+        expect(page.locator("#t2i-guidance")).to_be_hidden()
+        page.fill("#t2i-negative", "")
+        page.fill("#t2i-prompt", "")
+        page.click("#t2i-generate")
+        expect(page.locator("#t2i-error")).to_contain_text("empty prompt")
+        expect(page.locator("#t2i-gallery img")).to_have_count(0)  # old images do not pose as the answer
+        expect(page.locator("#t2i-error")).to_have_css("color", page.locator("#gen-error").evaluate(
+            "e => getComputedStyle(e).color"))
+        # the caption drop zone: a chosen file, then a dropped one
+        page.set_input_files("#cap-file", files=[{"name": "a.png", "mimeType": "image/png",
+                                                  "buffer": base64.b64decode(_png_b64(scenes[0]))}])
+        expect(page.locator("#cap-text")).to_have_text(cap.caption([scenes[0]])[0])
+        expect(page.locator("#cap-preview")).to_be_visible()
+        first = page.get_attribute("#cap-preview", "src")
+        page.fill("#cap-beam", "3")
+        dropped = page.evaluate_handle(_DROPPED, [_png_b64(scenes[1]), "b.png"])
+        page.dispatch_event("#cap-drop", "drop", {"dataTransfer": dropped})
+        expect(page.locator("#cap-preview")).not_to_have_attribute("src", first)  # the dropped file's
+        expect(page.locator("#cap-text")).to_have_text(cap.caption([scenes[1]], beam=3)[0])
+        page.screenshot(path="/tmp/genforge_ui_text.png", full_page=True)
+        tiny = page.evaluate_handle(_DROPPED, [_png_b64(Image.new("RGB", (1, 1))), "c.png"])
+        page.dispatch_event("#cap-drop", "drop", {"dataTransfer": tiny})
+        expect(page.locator("#cap-error")).to_contain_text("8x8")
+        expect(page.locator("#cap-text")).to_be_empty()
+        expect(page.locator("#cap-preview")).to_be_hidden()
+        assert not errors, errors

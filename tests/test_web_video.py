@@ -7,8 +7,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from web_helpers import ARGS as BROWSER_ARGS
-from web_helpers import CHROMIUM, serving
+from web_helpers import CHROMIUM, browser_page, serving
 
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} not installed")
 sync_api = pytest.importorskip("playwright.sync_api")
@@ -16,7 +15,7 @@ uvicorn = pytest.importorskip("uvicorn")
 
 from video_runs import video_run  # noqa: E402
 
-ARGS = BROWSER_ARGS + ["--autoplay-policy=no-user-gesture-required"]
+AUTOPLAY = ["--autoplay-policy=no-user-gesture-required"]
 
 
 @pytest.fixture
@@ -34,46 +33,38 @@ def server(tmp_path, tmp_path_factory):
 
 def test_prompt_to_a_playing_video(server):
     url, key = server
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1100, "height": 1400})
-            errors: list[str] = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.goto(url + "/")
-            expect = sync_api.expect
-            expect(page.locator("#vid-section")).to_be_hidden()
-            page.fill("#api-key", key)
-            page.click("#connect")
-            expect(page.locator("#key-status")).to_contain_text("1 video model(s)")
-            expect(page.locator("#vid-section")).to_be_visible()
-            page.fill("#vid-prompt", "a red circle moves left")
-            page.fill("#vid-seconds", "1")
-            page.fill("#vid-steps", "2")
-            page.click("#vid-generate")
-            expect(page.locator("#vid-player")).to_be_visible(timeout=60_000)
-            expect(page.locator("#vid-info")).to_contain_text("1 s clip (16x16)")
-            expect(page.locator("#vid-error")).to_be_empty()
-            page.wait_for_function("() => document.getElementById('vid-player').readyState >= 2", timeout=20_000)
-            # it plays: not paused, and time moves on
-            page.wait_for_function("() => { const v = document.getElementById('vid-player');"
-                                   " return !v.paused && v.currentTime > 0; }", timeout=20_000)
-            size = page.evaluate("() => { const v = document.getElementById('vid-player');"
-                                 " return [v.videoWidth, v.videoHeight, v.duration]; }")
-            assert size[0] == size[1] >= 128 and 0.5 < size[2] < 2  # upscaled for players; 8 frames at 8 fps
-            link = page.locator("#vid-download")
-            expect(link).to_be_visible()
-            assert link.get_attribute("download").endswith(".mp4") and link.get_attribute("href").startswith("blob:")
-            page.screenshot(path="/tmp/genforge_ui_video.png", full_page=True)
-            assert not errors, errors
-            # a refused request says why in words, and leaves no old clip posing as the answer
-            page.evaluate("() => { document.getElementById('vid-seconds').max = 99; }")
-            page.fill("#vid-seconds", "9")
-            page.click("#vid-generate")
-            expect(page.locator("#vid-error")).to_contain_text("seconds")
-            expect(page.locator("#vid-player")).to_be_hidden()
-            # the browser logs the refused request itself; nothing else may go wrong
-            assert [e for e in errors if "status of 422" not in e] == [], errors
-        finally:
-            browser.close()
+    with browser_page(console_errors=True, extra_args=AUTOPLAY) as (page, errors):
+        page.goto(url + "/")
+        expect = sync_api.expect
+        expect(page.locator("#vid-section")).to_be_hidden()
+        page.fill("#api-key", key)
+        page.click("#connect")
+        expect(page.locator("#key-status")).to_contain_text("1 video model(s)")
+        expect(page.locator("#vid-section")).to_be_visible()
+        page.fill("#vid-prompt", "a red circle moves left")
+        page.fill("#vid-seconds", "1")
+        page.fill("#vid-steps", "2")
+        page.click("#vid-generate")
+        expect(page.locator("#vid-player")).to_be_visible(timeout=60_000)
+        expect(page.locator("#vid-info")).to_contain_text("1 s clip (16x16)")
+        expect(page.locator("#vid-error")).to_be_empty()
+        page.wait_for_function("() => document.getElementById('vid-player').readyState >= 2", timeout=20_000)
+        # it plays: not paused, and time moves on
+        page.wait_for_function("() => { const v = document.getElementById('vid-player');"
+                               " return !v.paused && v.currentTime > 0; }", timeout=20_000)
+        size = page.evaluate("() => { const v = document.getElementById('vid-player');"
+                             " return [v.videoWidth, v.videoHeight, v.duration]; }")
+        assert size[0] == size[1] >= 128 and 0.5 < size[2] < 2  # upscaled for players; 8 frames at 8 fps
+        link = page.locator("#vid-download")
+        expect(link).to_be_visible()
+        assert link.get_attribute("download").endswith(".mp4") and link.get_attribute("href").startswith("blob:")
+        page.screenshot(path="/tmp/genforge_ui_video.png", full_page=True)
+        assert not errors, errors
+        # a refused request says why in words, and leaves no old clip posing as the answer
+        page.evaluate("() => { document.getElementById('vid-seconds').max = 99; }")
+        page.fill("#vid-seconds", "9")
+        page.click("#vid-generate")
+        expect(page.locator("#vid-error")).to_contain_text("seconds")
+        expect(page.locator("#vid-player")).to_be_hidden()
+        # the browser logs the refused request itself; nothing else may go wrong
+        assert [e for e in errors if "status of 422" not in e] == [], errors

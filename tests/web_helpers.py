@@ -37,3 +37,22 @@ def serving(app):
         thread.join(10)
         sock.close()
         torch.set_num_threads(threads)
+
+
+@contextmanager
+def browser_page(height: int = 1400, console_errors: bool = False, extra_args: list[str] = ()):
+    """A chromium page 1100 px wide (flags ARGS + ``extra_args``) and the list its script errors (and,
+    with ``console_errors``, its console errors) are collected in; the browser is closed after."""
+    from playwright import sync_api
+
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[*ARGS, *extra_args])
+        try:
+            page = browser.new_page(viewport={"width": 1100, "height": height})
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            if console_errors:
+                page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            yield page, errors
+        finally:
+            browser.close()
