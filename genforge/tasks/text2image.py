@@ -45,6 +45,7 @@ def tokenize_prompts(texts: Sequence[str], model_params: dict, tokenizer: TextTo
 class TextToImageTask(Task):
     models = ("text2image",)
     needs = ("image", "caption")
+    pixels = "image"  # the field a batch's "image" comes from (video: "frames", whole clips)
 
     def __init__(self, cfg, data: Examples | None = None, run_dir: Path | None = None,
                  cond_drop: float = 0.1, tokenizer: str = "bpe", sample_steps: int = 12,
@@ -68,7 +69,7 @@ class TextToImageTask(Task):
 
     # ---- batches ------------------------------------------------------------------------------
     def collate(self, data: Examples, idx: torch.Tensor, generator: torch.Generator) -> dict[str, Any]:
-        images = to_float(data.column("image")[idx])
+        images = to_float(data.column(self.pixels)[idx])
         column = data.column("caption")
         texts = []
         picks = torch.rand(len(idx), generator=generator)

@@ -9,15 +9,14 @@ grids (one clip per row, frames left to right) and the evaluation (the motion ve
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 
 from ..data import Examples
-from ..data.transforms import to_float, to_uint8
+from ..data.transforms import to_uint8
 from ..errors import GenforgeError
 from ..registry import register_task
-from .diffusion import denoising_loss
 from .text2image import TextToImageTask, tokenize_prompts
 
 
@@ -32,6 +31,7 @@ def pick_frames(total: int, k: int) -> list[int]:
 class VideoTask(TextToImageTask):
     models = ("video_unet",)
     needs = ("frames", "caption")
+    pixels = "frames"  # batches of (B, T, C, H, W) clips; collate and step are text2image's
 
     def __init__(self, cfg, data: Examples | None = None, run_dir: Path | None = None,
                  cond_drop: float = 0.1, tokenizer: str = "bpe", sample_steps: int = 12,
@@ -46,24 +46,6 @@ class VideoTask(TextToImageTask):
             if clips.shape[1] != self.model.frames:
                 raise GenforgeError(f"model.params.frames={self.model.frames} but the dataset's clips have "
                                     f"{clips.shape[1]} frames; set data.frames instead")
-
-    def collate(self, data: Examples, idx: torch.Tensor, generator: torch.Generator) -> dict[str, Any]:
-        column = data.column("caption")
-        picks = torch.rand(len(idx), generator=generator)  # the same draws, in the same order, as text2image
-        drops = torch.rand(len(idx), generator=generator) < self.cond_drop
-        texts = []
-        for i, u, drop in zip(idx.tolist(), picks.tolist(), drops.tolist()):
-            caps = [column[i]] if isinstance(column[i], str) else list(column[i])
-            texts.append("" if drop or not caps else caps[min(int(u * len(caps)), len(caps) - 1)])
-        ids, mask = tokenize_prompts(texts, self.cfg.model.params, self.tokenizer)
-        return {"image": to_float(data.column("frames")[idx]), "ids": ids, "mask": mask}  # (B, T, C, H, W)
-
-    def step(self, batch, optimize):
-        net = self.nets["model"]
-        loss = denoising_loss(self.model.train_scheduler, batch["image"],
-                              lambda xt, t: net(xt, t, batch["ids"], batch["mask"]))
-        optimize("model", loss)
-        return {"loss": loss.detach()}
 
     # ---- progress grids and evaluation --------------------------------------------------------
     def preview(self, data: Examples, n: int = 64) -> torch.Tensor | None:
