@@ -305,6 +305,17 @@ def scene_for_item(index: int, seed: int = 0, split: str = "train", max_objects:
 
 # ---------------------------------------------------------------- rendering
 
+def draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float) -> None:
+    """Fill ``shape`` of radius ``r`` centred at (cx, cy) with 255 (a ring's hole with 0)."""
+    if shape in ("circle", "ring"):
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
+        if shape == "ring":
+            h = r * 0.5
+            draw.ellipse([cx - h, cy - h, cx + h, cy + h], fill=0)
+    else:
+        draw.polygon(_outline(shape, cx, cy, r), fill=255)
+
+
 def _outline(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, float]]:
     if shape == "square":
         h = r * 0.86  # a square as wide as the circle looks heavier; this evens the visual weight
@@ -336,13 +347,7 @@ def _mask(shape: str, size: str, row: int, col: int, px: int) -> np.ndarray:
     cell = s / GRID
     cx, cy = (col + 0.5) * cell, (row + 0.5) * cell
     r = RADIUS[size] * cell
-    if shape in ("circle", "ring"):
-        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
-        if shape == "ring":
-            h = r * 0.5
-            draw.ellipse([cx - h, cy - h, cx + h, cy + h], fill=0)
-    else:
-        draw.polygon(_outline(shape, cx, cy, r), fill=255)
+    draw_shape(draw, shape, cx, cy, r)
     small = canvas.resize((px, px), Image.LANCZOS)
     mask = np.asarray(small, dtype=np.float32) / 255.0
     mask.setflags(write=False)

@@ -13,7 +13,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from ..errors import GenforgeError
-from .shapes import COLORS, _outline, background_rgb
+from .shapes import COLORS, background_rgb, draw_shape
 
 
 _SS = 4  # supersampling, as in shapes
@@ -31,13 +31,7 @@ def _patch(shape: str, r_q: int, fx: int, fy: int) -> np.ndarray:
     canvas = Image.new("L", (n * _SS, n * _SS), 0)
     draw = ImageDraw.Draw(canvas)
     cx, cy, rs = (half + fx / _SS) * _SS, (half + fy / _SS) * _SS, r * _SS
-    if shape in ("circle", "ring"):
-        draw.ellipse([cx - rs, cy - rs, cx + rs, cy + rs], fill=255)
-        if shape == "ring":
-            h = rs * 0.5
-            draw.ellipse([cx - h, cy - h, cx + h, cy + h], fill=0)
-    else:
-        draw.polygon(_outline(shape, cx, cy, rs), fill=255)
+    draw_shape(draw, shape, cx, cy, rs)
     mask = np.asarray(canvas.resize((n, n), Image.LANCZOS), dtype=np.float32) / 255.0
     mask.setflags(write=False)
     return mask
