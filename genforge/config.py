@@ -86,6 +86,9 @@ class TrainConfig(_Strict):
     tensorboard: bool = Field(True, description="write TensorBoard logs under tb/")
     compile: bool = Field(False, description="torch.compile the networks for training (slow start, "
                           "faster steps on a GPU); without a working compiler: a warning, then eager")
+    init_from: Optional[str] = Field(None, description="start a new run from the weights of this run "
+                                     "directory or shipped model (tensors matched by name; token "
+                                     "embeddings by token text); ignored on --resume")
 
 
 class RunConfig(_Strict):

@@ -78,6 +78,11 @@ class TextToImageModel(nn.Module):
         self.train_scheduler = DDPMScheduler(**self.scheduler_config)
         self.channels, self.image_size = channels, image_size
 
+    @property
+    def token_tables(self) -> tuple[str, ...]:
+        """Weights indexed by the run tokenizer's ids (matched by token text when warm-starting)."""
+        return ("text.tokens.weight",) if self.text_encoder_name == "transformer" else ()
+
     def encode_text(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Per-token states (B, L, text_dim) the UNet attends to."""
         if self.text_encoder_name == "transformer":

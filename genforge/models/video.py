@@ -72,11 +72,14 @@ class VideoModel(TextToImageModel):
         num_train_timesteps: int = 1000,
         beta_schedule: str = "squaredcos_cap_v2",
         prediction_type: str = "v_prediction",
+        shared_noise: float = 0.0,
     ):
         if not 1 <= frames <= 64:
             raise ValueError(f"frames must be in 1..64, got {frames}")
         if temporal_kernel < 1 or temporal_kernel % 2 == 0:
             raise ValueError(f"temporal_kernel must be odd and positive, got {temporal_kernel}")
+        if not 0 <= shared_noise < 1:
+            raise ValueError(f"shared_noise must be in [0, 1), got {shared_noise}")
         super().__init__(channels, image_size, widths, layers_per_block, cross_attention, attention_heads,
                          text_encoder, vocab_size, context, text_dim, text_layers, text_heads,
                          num_train_timesteps, beta_schedule, prediction_type, extra_inputs=1)
@@ -86,7 +89,29 @@ class VideoModel(TextToImageModel):
         self.temporal = nn.ModuleList(TemporalConv(r.out_channels, groups, temporal_kernel) for r in resnets)
         for r, layer in zip(resnets, self.temporal):
             r.register_forward_hook(layer.hook)
-        self.frames = frames
+        self.frames, self.shared_noise = frames, float(shared_noise)
+
+    def noise(self, shape: tuple[int, ...], generator: Optional[torch.Generator] = None,
+              device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Noise of the model's prior for clips of ``shape`` (B, T, C, H, W): each frame's noise is
+        ``sqrt(s)`` times one draw shared by the clip's frames plus ``sqrt(1 - s)`` times its own
+        (s = ``shared_noise``; the mixed noise prior of PYoCo, Ge et al. 2023). Every element stays
+        unit-variance, so the diffusion schedule is unchanged, but frames start out alike: a model
+        warm-started from an image model then draws one object across the clip instead of a new
+        one per frame. Training and sampling both draw from this prior."""
+        own = torch.randn(shape, generator=generator, dtype=dtype).to(device)
+        if not self.shared_noise:
+            return own
+        common = torch.randn((shape[0], 1, *shape[2:]), generator=generator, dtype=dtype).to(device)
+        return self.shared_noise ** 0.5 * common + (1 - self.shared_noise) ** 0.5 * own
+
+    def noise_like(self, x0: torch.Tensor) -> torch.Tensor:
+        """Training noise for clips ``x0`` from the global random stream (see ``noise``)."""
+        if not self.shared_noise:
+            return torch.randn_like(x0)
+        own = torch.randn_like(x0)
+        common = torch.randn_like(x0[:, :1])
+        return self.shared_noise ** 0.5 * common + (1 - self.shared_noise) ** 0.5 * own
 
     def denoise(self, x: torch.Tensor, t: torch.Tensor, states: torch.Tensor, mask: torch.Tensor):
         """Prediction for clips ``x`` (B, T, C, H, W) at timesteps ``t`` (B,)."""
@@ -143,7 +168,7 @@ def video_unet(channels: int = 3, image_size: int = 32, frames: int = 16, widths
                attention_heads: int = 4, temporal_kernel: int = 3, text_encoder: str = "transformer",
                vocab_size: int = 256, context: int = 32, text_dim: int = 64, text_layers: int = 2,
                text_heads: int = 4, num_train_timesteps: int = 1000, beta_schedule: str = "squaredcos_cap_v2",
-               prediction_type: str = "v_prediction") -> VideoModel:
+               prediction_type: str = "v_prediction", shared_noise: float = 0.0) -> VideoModel:
     return VideoModel(channels, image_size, frames, widths, layers_per_block, cross_attention, attention_heads,
                       temporal_kernel, text_encoder, vocab_size, context, text_dim, text_layers, text_heads,
-                      num_train_timesteps, beta_schedule, prediction_type)
+                      num_train_timesteps, beta_schedule, prediction_type, shared_noise)

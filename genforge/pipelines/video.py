@@ -72,7 +72,7 @@ class VideoPipeline(TextToImagePipeline):
     def draw_noise(self, n: int, seed: int, frames: Optional[int] = None) -> torch.Tensor:
         gen = torch.Generator().manual_seed(seed)
         m = self.model
-        return torch.randn(n, frames or self.default_frames, m.channels, m.image_size, m.image_size, generator=gen)
+        return m.noise((n, frames or self.default_frames, m.channels, m.image_size, m.image_size), generator=gen)
 
     @torch.no_grad()
     def generate(self, n: int = 1, seed: int = 0, steps: Optional[int] = None, sampler: str = "dpm++",

@@ -14,12 +14,14 @@ from ..registry import register_task
 from . import Task
 
 
-def denoising_loss(sched, x0: torch.Tensor, predict: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]):
+def denoising_loss(sched, x0: torch.Tensor, predict: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                   noise_like: Callable[[torch.Tensor], torch.Tensor] = torch.randn_like):
     """The DDPM training loss of one batch: noise ``x0`` to random timesteps and compare
     ``predict(xt, t)`` with the noise (epsilon models) or the velocity (v-prediction).
     Noise and timesteps are drawn before ``predict`` runs, so a conditioning dropout drawn inside
-    it keeps the random stream's order."""
-    noise = torch.randn_like(x0)
+    it keeps the random stream's order. ``noise_like``: the model's noise prior (video: frames
+    share part of their noise), standard normal by default."""
+    noise = noise_like(x0)
     t = torch.randint(0, sched.config.num_train_timesteps, (x0.shape[0],), device=x0.device)
     pred = predict(sched.add_noise(x0, noise, t), t)
     target = noise if sched.config.prediction_type == "epsilon" else sched.get_velocity(x0, noise, t)

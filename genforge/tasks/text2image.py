@@ -83,7 +83,8 @@ class TextToImageTask(Task):
     def step(self, batch, optimize):
         net = self.nets["model"]
         loss = denoising_loss(self.model.train_scheduler, batch["image"],
-                              lambda xt, t: net(xt, t, batch["ids"], batch["mask"]))
+                              lambda xt, t: net(xt, t, batch["ids"], batch["mask"]),
+                              getattr(self.model, "noise_like", torch.randn_like))
         optimize("model", loss)
         return {"loss": loss.detach()}
 

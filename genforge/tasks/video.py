@@ -56,7 +56,7 @@ class VideoTask(TextToImageTask):
         params = self.cfg.model.params
         device = next(model.parameters()).device
         gen = torch.Generator().manual_seed(seed)
-        noise = torch.randn(len(prompts), model.frames, model.channels, model.image_size, model.image_size,
+        noise = model.noise((len(prompts), model.frames, model.channels, model.image_size, model.image_size),
                             generator=gen)
         cond = tokenize_prompts(prompts, params, self.tokenizer)
         uncond = tokenize_prompts([""] * len(prompts), params, self.tokenizer)

@@ -153,6 +153,11 @@ class Trainer:
             self.device = self._init_distributed(cfg)
         self._check_run_dir()
         preflight(cfg)  # a bad key or value fails here, before the data is loaded
+        source = None
+        if cfg.train.init_from and not resume:
+            from ..pipelines import resolve_run_dir
+
+            source = resolve_run_dir(cfg.train.init_from)
         self.data: Examples = load_dataset(cfg.data)
         if len(self.data) < cfg.train.batch_size * self.world:
             raise GenforgeError(
@@ -162,6 +167,12 @@ class Trainer:
         self.cfg = resolve_model_params(cfg, self.data)
         torch.manual_seed(self.cfg.train.seed)
         self.task = build_task(self.cfg, self.data, run_dir=self.run_dir)
+        if source is not None:
+            from .warmstart import describe, warm_start
+
+            report = warm_start(self.task.model, source, getattr(self.task, "tokenizer", None))
+            if self.rank == 0:
+                print(describe(report), file=sys.stderr)
         self.model = self.task.model.to(self.device)
         t = self.cfg.train
         self.scaler = torch.amp.GradScaler("cuda", enabled=t.amp and self.device.type == "cuda")
