@@ -8,8 +8,8 @@ metrics.jsonl and, for image generators, a 64-image sample grid (no resume state
 config.json's `notes` the FID report (image generators), test accuracy (classifiers) or the run's own
 final held-out evaluation (language models: loss, perplexity, bits per character; translators: sacreBLEU
 BLEU and chrF; voices: teacher-forced losses and length ratio; video: the motion verifier). ``--notes``
-adds a benchmark's JSON (e.g. bench/tts.py's WER, MCD and RTF) under ``notes.bench``. A vocoder ships
-without its discriminators (training only); ``--vocoder NAME`` points a voice at a shipped vocoder.
+adds a benchmark's JSON (e.g. bench/tts.py's WER, MCD and RTF) under ``notes.bench``. A vocoder or GAN
+ships without its discriminators (training only); ``--vocoder NAME`` points a voice at a shipped vocoder.
 """
 from __future__ import annotations
 
@@ -52,6 +52,9 @@ def main() -> None:
     weights = load_file(tmp / "model.safetensors")
     if cfg["task"] == "vocoder":  # the discriminators only train the generator
         weights = {k: v for k, v in weights.items() if not k.startswith("discriminators.")}
+        cfg["model"]["params"]["discriminator"] = False
+    if cfg["task"] == "gan":  # likewise the GAN's discriminator: sampling runs the generator alone
+        weights = {k: v for k, v in weights.items() if not k.startswith("discriminator.")}
         cfg["model"]["params"]["discriminator"] = False
     if args.fp16:
         weights = {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}

@@ -173,3 +173,14 @@ def test_plain_progress_rates_count_only_timed_work(monkeypatch):
         with glog.step_progress("once") as progress:
             progress(32, 32)  # everything came from the cache
     assert out.getvalue().splitlines() == ["cache 300/300 (100%) 75.00 it/s eta 0:00:00", "once 32/32 (100%)"]
+
+
+def test_a_generator_without_discriminator_samples_but_does_not_train(cli, tmp_path):
+    """Shipped GANs keep the generator alone (model.params.discriminator=false)."""
+    from genforge.models import build_model
+
+    model = build_model("dcgan", width=8, d_width=8, z_dim=16, discriminator=False)
+    assert model.discriminator is None and not any(k.startswith("discriminator.") for k in model.state_dict())
+    code, _, err = cli("train", *TINY_GAN, "model.params.discriminator=false", "train.steps=1",
+                       "--out", tmp_path / "g")
+    assert code == 2 and "training needs the discriminator" in err and "Traceback" not in err

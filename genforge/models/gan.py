@@ -108,12 +108,13 @@ class ProjectionDiscriminator(nn.Module):
 
 
 class GAN(nn.Module):
-    """A generator and a discriminator saved together; pipelines only use the generator."""
+    """A generator and a discriminator saved together; pipelines only use the generator. A shipped
+    model is built with ``discriminator=False`` (None here): training weights only, half the file."""
 
     loss = "bce"
     conditional = False
 
-    def __init__(self, generator: nn.Module, discriminator: nn.Module):
+    def __init__(self, generator: nn.Module, discriminator: nn.Module | None):
         super().__init__()
         self.generator = generator
         self.discriminator = discriminator
@@ -129,25 +130,26 @@ class GAN(nn.Module):
 
 @register_model("dcgan")
 def dcgan(z_dim: int = 100, channels: int = 1, image_size: int = 32, width: int = 64,
-          d_width: int = 64) -> GAN:
-    return GAN(Generator(z_dim, channels, image_size, width), Discriminator(channels, image_size, d_width))
+          d_width: int = 64, discriminator: bool = True) -> GAN:
+    return GAN(Generator(z_dim, channels, image_size, width),
+               Discriminator(channels, image_size, d_width) if discriminator else None)
 
 
 @register_model("sngan")
 def sngan(z_dim: int = 100, channels: int = 1, image_size: int = 32, width: int = 64,
-          d_width: int = 32) -> GAN:
+          d_width: int = 32, discriminator: bool = True) -> GAN:
     """Unconditional: the DCGAN generator against a spectral-norm discriminator, hinge loss (Miyato
     et al. 2018). Steadier than DCGAN's BatchNorm discriminator on sparse, flat-coloured scenes."""
     model = GAN(Generator(z_dim, channels, image_size, width),
-                ProjectionDiscriminator(channels, image_size, d_width, num_classes=0))
+                ProjectionDiscriminator(channels, image_size, d_width, num_classes=0) if discriminator else None)
     model.loss = "hinge"
     return model
 
 
 @register_model("cgan")
 def cgan(z_dim: int = 100, channels: int = 1, image_size: int = 32, width: int = 64,
-         d_width: int = 32, num_classes: int = 10) -> GAN:
+         d_width: int = 32, num_classes: int = 10, discriminator: bool = True) -> GAN:
     model = GAN(Generator(z_dim, channels, image_size, width, num_classes),
-                ProjectionDiscriminator(channels, image_size, d_width, num_classes))
+                ProjectionDiscriminator(channels, image_size, d_width, num_classes) if discriminator else None)
     model.loss, model.conditional = "hinge", True
     return model

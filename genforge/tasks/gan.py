@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..errors import GenforgeError
 from ..registry import register_task
 from . import Task
 
@@ -17,6 +18,9 @@ class GANTask(Task):
 
     def __init__(self, cfg, data=None, run_dir=None, won_after: int = 200):
         super().__init__(cfg, data, run_dir)
+        if self.model.discriminator is None:
+            raise GenforgeError("model.params.discriminator=false builds a generator alone (a shipped model); "
+                                "training needs the discriminator: drop that setting")
         self.nets = {"d": self.model.discriminator, "g": self.model.generator}
         self.won_after = won_after  # steps of d_fake < WON_BELOW before the user is told
         self._won_since: int | None = None
