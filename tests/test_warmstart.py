@@ -133,3 +133,15 @@ def test_warm_start_refuses_a_source_with_nothing_in_common(tmp_path):
     save_tensors(tmp_path / "model.safetensors", {"other.weight": torch.zeros(2)})
     with pytest.raises(GenforgeError, match="none of its tensors match"):
         warm_start(VideoModel(frames=2, **T2I), tmp_path)
+
+
+def test_text_models_name_their_token_tables():
+    """Warm starts remap these by token text; a renamed embedding would silently be copied by id."""
+    from genforge.models.gpt import GPT
+    from genforge.models.seq2seq import Seq2Seq
+
+    for model in (GPT(vocab_size=32, block_size=8, n_layer=1, n_head=2, n_embd=8),
+                  Seq2Seq(vocab_size=32, d_model=8, n_layer_enc=1, n_layer_dec=1, n_head=2, d_ff=16, max_len=8),
+                  TextToImageModel(**T2I)):
+        sd = model.state_dict()
+        assert model.token_tables and all(sd[k].shape[0] == 32 or sd[k].shape[0] == 64 for k in model.token_tables)

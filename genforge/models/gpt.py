@@ -102,6 +102,9 @@ class Block(nn.Module):
 
 @register_model("gpt")
 class GPT(nn.Module):
+    #: weights indexed by token id (matched by token text when train.init_from warm-starts a run)
+    token_tables = ("wte.weight", "head.weight")
+
     def __init__(self, vocab_size: int = 256, block_size: Optional[int] = None, n_layer: Optional[int] = None,
                  n_head: Optional[int] = None, n_embd: Optional[int] = None, dropout: float = 0.0,
                  positions: str = "learned", bias: bool = False, tie_weights: bool = True, preset: str = "tiny"):

@@ -110,6 +110,9 @@ class Seq2Seq(nn.Module):
     """``model(src_ids, tgt_ids)`` -> next-token logits (B, T, vocab_size) under teacher forcing, where
     ``tgt_ids`` starts with [BOS]; padding (id 0) in ``src_ids`` is masked out of attention."""
 
+    #: weights indexed by token id (matched by token text when train.init_from warm-starts a run)
+    token_tables = ("embed.weight",)
+
     def __init__(self, vocab_size: int = 8000, d_model: int = 256, n_layer_enc: int = 3, n_layer_dec: int = 3,
                  n_head: int = 4, d_ff: int = 1024, dropout: float = 0.1, max_len: int = 256,
                  positions: str = "sinusoidal", bias: bool = True):
