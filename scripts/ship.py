@@ -64,7 +64,7 @@ def main() -> None:
     atomic_write_json(tmp / "config.json", cfg)
     text_task = cfg["task"] in ("lm", "translate")
     own_eval = text_task or cfg["task"] in ("tts", "vocoder", "video")
-    if cfg["task"] not in ("classify", "tts", "vocoder", "video") and not text_task:
+    if cfg["task"] not in ("classify", "video_classify", "tts", "vocoder", "video") and not text_task:
         # a fresh grid from the shipped weights with today's samplers, not a training-time snapshot
         import genforge
         from genforge.data.transforms import make_grid, to_uint8
@@ -79,6 +79,9 @@ def main() -> None:
             notes["held_out"] = {k: v for k, v in final.items() if k not in ("step", "time")}
     elif cfg["task"] == "classify":
         notes["test_accuracy"] = next(r["test_accuracy"] for r in reversed(rows) if "test_accuracy" in r)
+    elif cfg["task"] == "video_classify":  # per attribute group: clips whose every word of it is right
+        final = next(r for r in reversed(rows) if "test_accuracy" in r)
+        notes["test_accuracy"] = {k[len("test_"):]: v for k, v in final.items() if k.startswith("test_")}
     else:
         rep = fid_for_run(str(tmp), n=args.n, feature_net=args.feature_net)
         notes["fid"] = {k: rep[k] for k in ("metric", "fid", "kid_mean", "precision", "recall", "n_real",

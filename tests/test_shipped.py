@@ -74,6 +74,19 @@ def test_shipped_model_runs_and_records_its_recipe(name):
         clip = pipe(prompt=prompt, n=1, seed=3, steps=2)
         assert clip.shape[:2] == (1, cfg["data"]["frames"]) and clip.dtype == torch.uint8
         assert torch.equal(clip, pipe(prompt=prompt, n=1, seed=3, steps=2))
+    elif cfg["task"] == "video_classify":  # the FVD feature net: per-group test accuracies
+        acc = cfg["notes"]["test_accuracy"]
+        assert {"accuracy_shape", "accuracy_motion", "accuracy_color"} <= acc.keys()
+        assert all(0 <= v <= 1 for v in acc.values())
+        from genforge.data import load_dataset
+        from genforge.tasks.video_classify import clip_attributes
+
+        test = load_dataset(pipe.cfg.data.model_copy(update={"split": "test", "limit": 8}))
+        found = pipe(test.column("frames"))
+        truth = [sorted(a.split(":")[1] for a in clip_attributes(s) if a.startswith("background:"))
+                 for s in test.column("spec")]
+        # backgrounds are ~100 % right on test clips: allow one miss in 8
+        assert sum(f["background"] == t for f, t in zip(found, truth)) >= 7
     else:
         assert 0 < cfg["notes"]["test_accuracy"] <= 1
 

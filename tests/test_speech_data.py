@@ -345,3 +345,21 @@ def test_whisper_transcribes_espeak(tmp_path, cli):
     assert code == 0, err
     result = json.loads(out)
     assert result["sentences"] == 1 and result["wer"] <= 0.5 and result["worst"][0]["text"] == text
+
+
+def test_phoneme_cache_is_rebuilt_for_another_phonemizer(tmp_path, monkeypatch):
+    """A cache written by another espeak-ng/phonemizer (or the older flat format) is not trusted."""
+    from genforge.data import speech as speech_data
+
+    calls = []
+    monkeypatch.setattr("genforge.speech.frontend.phonemize", lambda texts: calls.append(list(texts)) or
+                        [f"ipa:{t}" for t in texts])
+    monkeypatch.setattr("genforge.speech.frontend.phonemizer_key", lambda: "espeak-ng 9.9")
+    (tmp_path / "phonemes.json").write_text(json.dumps({"hello": "stale"}))  # the old flat format
+    assert speech_data._phonemes_cached(tmp_path, ["hello", "world"]) == ["ipa:hello", "ipa:world"]
+    saved = json.loads((tmp_path / "phonemes.json").read_text())
+    assert saved == {"phonemizer": "espeak-ng 9.9", "ipa": {"hello": "ipa:hello", "world": "ipa:world"}}
+    assert speech_data._phonemes_cached(tmp_path, ["world", "hello"]) == ["ipa:world", "ipa:hello"]
+    assert calls == [["hello", "world"]]  # the second call read the cache
+    monkeypatch.setattr("genforge.speech.frontend.phonemizer_key", lambda: "espeak-ng 10.0")  # an upgrade
+    assert speech_data._phonemes_cached(tmp_path, ["hello"]) == ["ipa:hello"] and calls[-1] == ["hello"]

@@ -157,13 +157,17 @@ def _prepare_clip(wav_path: Path, cache_file: Path, mel_cfg: MelConfig) -> Optio
 
 
 def _phonemes_cached(cache: Path, texts: list[str]) -> list[str]:
-    """IPA of each text through ``cache/phonemes.json`` (text -> IPA; only new texts go to espeak)."""
-    from ..speech.frontend import phonemize
+    """IPA of each text through ``cache/phonemes.json`` (text -> IPA; only new texts go to espeak). The
+    file records the phonemizer it came from (``phonemizer_key``): after an espeak-ng or phonemizer
+    upgrade it is rebuilt, so training never mixes IPA that today's front end would not produce."""
+    from ..speech.frontend import phonemize, phonemizer_key
 
     path = cache / "phonemes.json"
+    key = phonemizer_key()
     try:
-        known: dict[str, str] = json.loads(path.read_text(encoding="utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError):
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        known: dict[str, str] = saved["ipa"] if saved.get("phonemizer") == key else {}
+    except (FileNotFoundError, json.JSONDecodeError, KeyError, TypeError, AttributeError):
         known = {}
     todo = sorted({t for t in texts if t not in known})
     if todo:
@@ -171,7 +175,7 @@ def _phonemes_cached(cache: Path, texts: list[str]) -> list[str]:
             part = todo[i:i + 2000]
             known.update(zip(part, phonemize(part)))
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(known, ensure_ascii=False), encoding="utf-8")
+        tmp.write_text(json.dumps({"phonemizer": key, "ipa": known}, ensure_ascii=False), encoding="utf-8")
         os.replace(tmp, path)
     return [known[t] for t in texts]
 

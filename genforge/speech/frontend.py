@@ -163,6 +163,14 @@ def _espeak():
         return _backend
 
 
+def phonemizer_key() -> str:
+    """What the IPA of a text depends on besides the text: espeak-ng's and phonemizer's versions and
+    the settings above. Caches of phonemized text are keyed by it, so an upgrade re-phonemizes."""
+    import phonemizer
+
+    return f"espeak-ng {'.'.join(map(str, _espeak().version()))}; phonemizer {phonemizer.__version__}; en-us stress punct"
+
+
 def phonemize(texts: list[str]) -> list[str]:
     """IPA of each text (en-us, espeak-ng): stress marks and punctuation kept, words separated by single
     spaces. One espeak call for the whole list (it is slow per call); "" for a text with no letters."""
