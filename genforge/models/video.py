@@ -102,15 +102,17 @@ class VideoModel(TextToImageModel):
         own = torch.randn(shape, generator=generator, dtype=dtype).to(device)
         if not self.shared_noise:
             return own
-        common = torch.randn((shape[0], 1, *shape[2:]), generator=generator, dtype=dtype).to(device)
-        return self.shared_noise ** 0.5 * common + (1 - self.shared_noise) ** 0.5 * own
+        return self._mix(own, torch.randn((shape[0], 1, *shape[2:]), generator=generator, dtype=dtype).to(device))
 
     def noise_like(self, x0: torch.Tensor) -> torch.Tensor:
         """Training noise for clips ``x0`` from the global random stream (see ``noise``)."""
         if not self.shared_noise:
             return torch.randn_like(x0)
         own = torch.randn_like(x0)
-        common = torch.randn_like(x0[:, :1])
+        return self._mix(own, torch.randn_like(x0[:, :1]))
+
+    def _mix(self, own: torch.Tensor, common: torch.Tensor) -> torch.Tensor:
+        """Per-frame noise ``own`` (B, T, ...) mixed with one draw per clip ``common`` (B, 1, ...)."""
         return self.shared_noise ** 0.5 * common + (1 - self.shared_noise) ** 0.5 * own
 
     def denoise(self, x: torch.Tensor, t: torch.Tensor, states: torch.Tensor, mask: torch.Tensor):
