@@ -13,21 +13,14 @@ initialisation (the video model's temporal layers, which start as identities). T
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
 import torch
 
 from ..errors import GenforgeError
+from ..text.tokenizer import TextTokenizer
 from . import checkpoint as ckpt
-
-
-def _vocab(path: Path) -> dict[str, int]:
-    try:
-        return json.loads(path.read_text())["model"]["vocab"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise GenforgeError(f"cannot read the token vocabulary of {path}: {e}") from None
 
 
 def _widened(dst: torch.Tensor, src: torch.Tensor) -> Optional[int]:
@@ -46,7 +39,7 @@ def warm_start(model: torch.nn.Module, source: Path, tokenizer=None) -> dict:
     tables = set(getattr(model, "token_tables", ()))
     old_vocab = new_vocab = None
     if tables and tokenizer is not None and (source / "tokenizer.json").is_file():
-        old_vocab = _vocab(source / "tokenizer.json")
+        old_vocab = TextTokenizer.load(source / "tokenizer.json").tok.get_vocab()
         new_vocab = tokenizer.tok.get_vocab()
     report = {"source": str(source), "copied": 0, "widened": [], "remapped_tokens": 0, "fresh": [],
               "mismatched": []}
@@ -80,7 +73,6 @@ def warm_start(model: torch.nn.Module, source: Path, tokenizer=None) -> dict:
         raise GenforgeError(f"train.init_from={source}: none of its tensors match this model's names; "
                             "it was trained for a different kind of model")
     model.load_state_dict(update, strict=False)
-    report["unused"] = len([k for k in weights if k not in own])
     return report
 
 
