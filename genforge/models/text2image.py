@@ -83,6 +83,10 @@ class TextToImageModel(nn.Module):
         """Weights indexed by the run tokenizer's ids (matched by token text when warm-starting)."""
         return ("text.tokens.weight",) if self.text_encoder_name == "transformer" else ()
 
+    def noise_like(self, x0: torch.Tensor) -> torch.Tensor:
+        """Training noise for images ``x0``: standard normal (the video model shares part across frames)."""
+        return torch.randn_like(x0)
+
     def encode_text(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Per-token states (B, L, text_dim) the UNet attends to."""
         if self.text_encoder_name == "transformer":

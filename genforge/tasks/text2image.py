@@ -84,7 +84,7 @@ class TextToImageTask(Task):
         net = self.nets["model"]
         loss = denoising_loss(self.model.train_scheduler, batch["image"],
                               lambda xt, t: net(xt, t, batch["ids"], batch["mask"]),
-                              getattr(self.model, "noise_like", torch.randn_like))
+                              self.model.noise_like)
         optimize("model", loss)
         return {"loss": loss.detach()}
 
