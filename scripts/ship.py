@@ -23,6 +23,9 @@ from genforge.eval.runner import fid_for_run
 from genforge.pipelines import ASSETS_DIR
 from genforge.train.checkpoint import atomic_write_json
 
+#: task -> the weight-name prefix of its training-only part, left out of a shipped model
+TRAINING_ONLY = {"vocoder": "discriminators.", "gan": "discriminator."}
+
 
 def main() -> None:
     ap = argparse.ArgumentParser()
@@ -50,11 +53,9 @@ def main() -> None:
     with safe_open(tmp / "model.safetensors", "pt") as f:
         metadata = f.metadata()
     weights = load_file(tmp / "model.safetensors")
-    if cfg["task"] == "vocoder":  # the discriminators only train the generator
-        weights = {k: v for k, v in weights.items() if not k.startswith("discriminators.")}
-        cfg["model"]["params"]["discriminator"] = False
-    if cfg["task"] == "gan":  # likewise the GAN's discriminator: sampling runs the generator alone
-        weights = {k: v for k, v in weights.items() if not k.startswith("discriminator.")}
+    training_only = TRAINING_ONLY.get(cfg["task"])
+    if training_only:  # discriminators only train the generator, which is all sampling runs
+        weights = {k: v for k, v in weights.items() if not k.startswith(training_only)}
         cfg["model"]["params"]["discriminator"] = False
     if args.fp16:
         weights = {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}
