@@ -10,7 +10,7 @@ import os
 import time
 
 import pytest
-from web_helpers import CHROMIUM, browser_page, serving
+from web_helpers import CHROMIUM, browser_page, connect, serving
 
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} not installed")
 sync_api = pytest.importorskip("playwright.sync_api")
@@ -50,14 +50,8 @@ def test_text_streams_into_the_page_and_translations_show(server, lm_run, transl
     url, key, served = server
     lm = pipeline(lm_run)
     with browser_page() as (page, errors):
-        page.goto(url + "/")
+        connect(page, url, key, "1 language model(s), 1 translator(s)", ("#lm-section", "#mt-section"))
         expect = sync_api.expect
-        expect(page.locator("#lm-section")).to_be_hidden()
-        page.fill("#api-key", key)
-        page.click("#connect")
-        expect(page.locator("#key-status")).to_contain_text("1 language model(s), 1 translator(s)")
-        expect(page.locator("#lm-section")).to_be_visible()
-        expect(page.locator("#mt-section")).to_be_visible()
         # greedy completion: the pipeline's text, in pieces spread over the generation
         want = lm.generate("User: say alpha", max_tokens=40, temperature=0)
         page.fill("#lm-prompt", "User: say alpha")

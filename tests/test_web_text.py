@@ -10,7 +10,7 @@ import io
 import os
 
 import pytest
-from web_helpers import CHROMIUM, browser_page, serving
+from web_helpers import CHROMIUM, browser_page, connect, serving
 
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} not installed")
 sync_api = pytest.importorskip("playwright.sync_api")
@@ -60,14 +60,9 @@ def test_prompt_box_and_caption_drop_zone(server, text_runs):
               render(Scene([Obj("triangle", "green", "large", 1, 1)], background="grey"), 16)]
     cap = pipeline(text_runs["cap"])
     with browser_page(height=1600) as (page, errors):
-        page.goto(url + "/")
+        # nothing to show before connecting
+        connect(page, url, key, "2 text-to-image, 1 captioner", ("#t2i-section", "#cap-section"))
         expect = sync_api.expect
-        expect(page.locator("#t2i-section")).to_be_hidden()  # nothing to show before connecting
-        page.fill("#api-key", key)
-        page.click("#connect")
-        expect(page.locator("#key-status")).to_contain_text("2 text-to-image, 1 captioner")
-        expect(page.locator("#t2i-section")).to_be_visible()
-        expect(page.locator("#cap-section")).to_be_visible()
         # the prompt box: the page shows the images the API makes for that prompt and seed
         page.select_option("#t2i-model", "t2i")
         expect(page.locator("#t2i-guidance")).to_be_visible()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from web_helpers import CHROMIUM, browser_page, serving
+from web_helpers import CHROMIUM, browser_page, connect, serving
 
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} not installed")
 sync_api = pytest.importorskip("playwright.sync_api")
@@ -34,13 +34,8 @@ def server(tmp_path, tmp_path_factory):
 def test_prompt_to_a_playing_video(server):
     url, key = server
     with browser_page(console_errors=True, extra_args=AUTOPLAY) as (page, errors):
-        page.goto(url + "/")
+        connect(page, url, key, "1 video model(s)", ("#vid-section",))
         expect = sync_api.expect
-        expect(page.locator("#vid-section")).to_be_hidden()
-        page.fill("#api-key", key)
-        page.click("#connect")
-        expect(page.locator("#key-status")).to_contain_text("1 video model(s)")
-        expect(page.locator("#vid-section")).to_be_visible()
         page.fill("#vid-prompt", "a red circle moves left")
         page.fill("#vid-seconds", "1")
         page.fill("#vid-steps", "2")

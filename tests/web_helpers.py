@@ -56,3 +56,19 @@ def browser_page(height: int = 1400, console_errors: bool = False, extra_args: l
             yield page, errors
         finally:
             browser.close()
+
+
+def connect(page, url: str, key: str, status: str, sections: tuple[str, ...] = ()) -> None:
+    """Open the page, check ``sections`` are hidden before a key is given, connect with ``key`` and
+    wait for the key status to name ``status``; the sections are then visible."""
+    from playwright import sync_api
+
+    expect = sync_api.expect
+    page.goto(url + "/")
+    for s in sections:
+        expect(page.locator(s)).to_be_hidden()
+    page.fill("#api-key", key)
+    page.click("#connect")
+    expect(page.locator("#key-status")).to_contain_text(status)
+    for s in sections:
+        expect(page.locator(s)).to_be_visible()
