@@ -52,6 +52,43 @@ def test_model_keeps_clip_shape_and_mixes_frames_only_through_temporal_layers():
     assert mixed.abs().max() > 1e-3
 
 
+def test_spacetime_attention_starts_as_identity_then_moves_content_across_frames_and_places():
+    """Space-time attention follows only the coarse ResNets, adds nothing until trained (so a model
+    grown from one without it computes the same), then lets a pixel of one frame reach other pixels
+    of other frames, at any frame count."""
+    from genforge.models.video import SpaceTimeAttention
+    from genforge.registry import MODELS
+
+    torch.manual_seed(0)
+    plain = MODELS.build("video_unet", **TINY_MODEL).eval()
+    m = MODELS.build("video_unet", **{**TINY_MODEL, "spacetime_attention": 8}).eval()
+    assert len(plain.spacetime) == 0
+    assert len(m.spacetime) == 5  # at 8 px: 1 ResNet of the second down block, 2 of the mid block, 2 of the first up block
+    missing = m.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert missing and all(k.startswith("spacetime.") for k in missing)
+    x, t, ids, mask = _inputs()
+    with torch.no_grad():
+        assert torch.allclose(m(x, t, ids, mask), plain(x, t, ids, mask), atol=1e-6)
+        torch.manual_seed(1)
+        for p in m.spacetime.parameters():
+            p.normal_(0, 0.5)
+        x2 = x.clone()
+        x2[:, 0, :, :2, :2] += 2.0  # one corner of frame 0
+        changed = (m(x2, t, ids, mask) - m(x, t, ids, mask))[:, 3].abs()
+        assert changed[..., 8:, 8:].max() > 1e-2  # the far corner of the last frame hears of it
+        layer = SpaceTimeAttention(16, 4, 2)
+        torch.nn.init.normal_(layer.out.weight, 0, 0.1)
+        for frames in (3, 7):
+            layer.frames = frames
+            f = torch.randn(2 * frames, 16, 4, 4)
+            y = layer(f)
+            assert y.shape == f.shape and torch.isfinite(y).all()
+            # clips in a batch do not see each other
+            f2 = f.clone()
+            f2[:frames] += 1.0
+            assert torch.allclose(layer(f2)[frames:], y[frames:], atol=1e-5)
+
+
 def test_model_copy_runs_its_own_temporal_layers():
     """EMA keeps a deepcopy: its hooks must use the copy's temporal weights, not the original's."""
     from genforge.registry import MODELS

@@ -10,9 +10,19 @@ same way minutes later on the same busy 2-core box); frame order reaches the net
 through that conv (zero-padded at the clip's ends) and an extra input channel holding each frame's
 position in the clip (-1 first .. +1 last), so "moving left" has a direction to learn.
 
-Each temporal layer is a residual branch whose last conv starts at zero, so an untrained model is
-the per-frame image model, and is attached as a forward hook on the ResNet it follows (a bound
-method, so ``copy.deepcopy`` for EMA copies hook and layer together).
+A temporal conv mixes each pixel with the same pixel of the neighbouring frames, which carries
+appearance along the clip but cannot move it: an object travelling 19 px over 8 frames is in another
+place in every frame. So at the coarsest feature maps (``spacetime_attention``: 8x8 for 32 px) every
+ResNet is also followed by full space-time self-attention (every position of every frame attends
+to every other, as in the joint space-time blocks of video transformers), with a Fourier embedding
+of each token's (frame, row, column) place in [-1, 1] added to its queries and keys, so "where was
+this object two frames ago, and where does the caption send it" is one attention step. At 8 frames of
+8x8 that is 512 tokens per clip: cheap next to the UNet's full-resolution convolutions.
+
+Each temporal layer is a residual branch whose last projection starts at zero, so an untrained model
+is the per-frame image model (and a model grown from a trained one computes what it did), and is
+attached as a forward hook on the ResNet it follows (a bound method, so ``copy.deepcopy`` for EMA
+copies hook and layer together).
 """
 from __future__ import annotations
 
@@ -49,9 +59,58 @@ class TemporalConv(nn.Module):
         return self(output)
 
 
+def _fourier(coords: torch.Tensor, bands: int) -> torch.Tensor:
+    """(..., A) coordinates in [-1, 1] -> (..., A * 2 * bands) sin/cos features at frequencies pi*1..bands."""
+    freqs = torch.arange(1, bands + 1, device=coords.device, dtype=coords.dtype) * torch.pi
+    angles = (coords.unsqueeze(-1) * freqs).flatten(-2)
+    return torch.cat([angles.sin(), angles.cos()], -1)
+
+
+class SpaceTimeAttention(nn.Module):
+    """x + out(attention over all (frame, row, column) tokens of a clip) for (B*T, C, H, W) features.
+
+    Queries and keys get a learned projection of the Fourier features of each token's place in the
+    clip (frame, row and column each in [-1, 1]), so the layer works at any frame count and size."""
+
+    bands = 4
+
+    def __init__(self, channels: int, groups: int, heads: int):
+        super().__init__()
+        if channels % heads:
+            raise ValueError(f"space-time attention: {channels} channels do not split into {heads} heads")
+        self.frames, self.heads = 1, heads
+        self.norm = nn.GroupNorm(groups, channels)
+        self.place = nn.Linear(3 * 2 * self.bands, channels)
+        self.qkv = nn.Linear(channels, 3 * channels)
+        self.out = nn.Linear(channels, channels)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bt, c, h, w = x.shape
+        t = self.frames
+        b = bt // t
+        y = self.norm(x).view(b, t, c, h, w).permute(0, 1, 3, 4, 2).reshape(b, t * h * w, c)
+        axes = [torch.linspace(-1, 1, n, device=x.device, dtype=x.dtype) if n > 1 else
+                torch.zeros(1, device=x.device, dtype=x.dtype) for n in (t, h, w)]
+        where = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).view(t * h * w, 3)
+        q, k, v = self.qkv(y).chunk(3, -1)
+        place = self.place(_fourier(where, self.bands))
+        q, k = q + place, k + place
+        q, k, v = (z.view(b, t * h * w, self.heads, c // self.heads).transpose(1, 2) for z in (q, k, v))
+        y = nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t * h * w, c)
+        y = self.out(y).view(b, t, h, w, c).permute(0, 1, 4, 2, 3).reshape(bt, c, h, w)
+        return x + y
+
+    def hook(self, module: nn.Module, args, output: torch.Tensor) -> torch.Tensor:
+        return self(output)
+
+
 class VideoModel(TextToImageModel):
     """The text-to-image UNet run on every frame (frames folded into the batch), with a temporal
-    convolution after each ResNet block and the frame's place in the clip as an extra input plane."""
+    convolution after each ResNet block, space-time attention after each ResNet whose feature maps
+    are at most ``spacetime_attention`` pixels wide (0: none), and the frame's place in the clip as
+    an extra input plane."""
 
     def __init__(
         self,
@@ -73,6 +132,7 @@ class VideoModel(TextToImageModel):
         beta_schedule: str = "squaredcos_cap_v2",
         prediction_type: str = "v_prediction",
         shared_noise: float = 0.0,
+        spacetime_attention: int = 0,
     ):
         if not 1 <= frames <= 64:
             raise ValueError(f"frames must be in 1..64, got {frames}")
@@ -84,10 +144,16 @@ class VideoModel(TextToImageModel):
                          text_encoder, vocab_size, context, text_dim, text_layers, text_heads,
                          num_train_timesteps, beta_schedule, prediction_type, extra_inputs=1)
         groups = min(32, min(widths))
-        resnets = [r for b in [*self.unet.down_blocks, self.unet.mid_block, *self.unet.up_blocks]
-                   for r in b.resnets]
-        self.temporal = nn.ModuleList(TemporalConv(r.out_channels, groups, temporal_kernel) for r in resnets)
-        for r, layer in zip(resnets, self.temporal):
+        levels = len(widths)
+        sized = [(r, image_size >> i) for i, b in enumerate(self.unet.down_blocks) for r in b.resnets]
+        sized += [(r, image_size >> (levels - 1)) for r in self.unet.mid_block.resnets]
+        sized += [(r, image_size >> (levels - 1 - j)) for j, b in enumerate(self.unet.up_blocks) for r in b.resnets]
+        self.temporal = nn.ModuleList(TemporalConv(r.out_channels, groups, temporal_kernel) for r, _ in sized)
+        for (r, _), layer in zip(sized, self.temporal):
+            r.register_forward_hook(layer.hook)
+        coarse = [r for r, side in sized if side <= spacetime_attention]
+        self.spacetime = nn.ModuleList(SpaceTimeAttention(r.out_channels, groups, attention_heads) for r in coarse)
+        for r, layer in zip(coarse, self.spacetime):
             r.register_forward_hook(layer.hook)
         self.frames, self.shared_noise = frames, float(shared_noise)
 
@@ -118,7 +184,7 @@ class VideoModel(TextToImageModel):
     def denoise(self, x: torch.Tensor, t: torch.Tensor, states: torch.Tensor, mask: torch.Tensor):
         """Prediction for clips ``x`` (B, T, C, H, W) at timesteps ``t`` (B,)."""
         b, frames, c, h, w = x.shape
-        for layer in self.temporal:
+        for layer in [*self.temporal, *self.spacetime]:
             layer.frames = frames
         where = torch.linspace(-1, 1, frames, device=x.device, dtype=x.dtype) if frames > 1 else \
             torch.zeros(1, device=x.device, dtype=x.dtype)
@@ -170,7 +236,8 @@ def video_unet(channels: int = 3, image_size: int = 32, frames: int = 16, widths
                attention_heads: int = 4, temporal_kernel: int = 3, text_encoder: str = "transformer",
                vocab_size: int = 256, context: int = 32, text_dim: int = 64, text_layers: int = 2,
                text_heads: int = 4, num_train_timesteps: int = 1000, beta_schedule: str = "squaredcos_cap_v2",
-               prediction_type: str = "v_prediction", shared_noise: float = 0.0) -> VideoModel:
+               prediction_type: str = "v_prediction", shared_noise: float = 0.0,
+               spacetime_attention: int = 0) -> VideoModel:
     return VideoModel(channels, image_size, frames, widths, layers_per_block, cross_attention, attention_heads,
                       temporal_kernel, text_encoder, vocab_size, context, text_dim, text_layers, text_heads,
-                      num_train_timesteps, beta_schedule, prediction_type, shared_noise)
+                      num_train_timesteps, beta_schedule, prediction_type, shared_noise, spacetime_attention)
