@@ -12,8 +12,8 @@ position in the clip (-1 first .. +1 last), so "moving left" has a direction to 
 
 A temporal conv mixes each pixel with the same pixel of the neighbouring frames, which carries
 appearance along the clip but cannot move it: an object travelling 19 px over 8 frames is in another
-place in every frame. So at the coarsest feature maps (``spacetime_attention``: 8x8 for 32 px) every
-ResNet is also followed by full space-time self-attention (every position of every frame attends
+place in every frame. So, with ``spacetime_attention`` set (8 for 32 px clips), every ResNet at the
+coarsest feature maps is also followed by full space-time self-attention (every position of every frame attends
 to every other, as in the joint space-time blocks of video transformers), with a Fourier embedding
 of each token's (frame, row, column) place in [-1, 1] added to its queries and keys, so "where was
 this object two frames ago, and where does the caption send it" is one attention step. At 8 frames of
