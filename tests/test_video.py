@@ -63,7 +63,7 @@ def test_spacetime_attention_starts_as_identity_then_moves_content_across_frames
     plain = MODELS.build("video_unet", **TINY_MODEL).eval()
     m = MODELS.build("video_unet", **{**TINY_MODEL, "spacetime_attention": 8}).eval()
     assert len(plain.spacetime) == 0
-    assert len(m.spacetime) == 5  # at 8 px: 1 ResNet of the second down block, 2 of the mid block, 2 of the first up block
+    assert len(m.spacetime) == 5  # 8 px: 1 ResNet of down block 2, 2 of the mid block, 2 of up block 1
     missing = m.load_state_dict(plain.state_dict(), strict=False).missing_keys
     assert missing and all(k.startswith("spacetime.") for k in missing)
     x, t, ids, mask = _inputs()
