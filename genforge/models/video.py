@@ -36,12 +36,28 @@ from ..registry import register_model
 from .text2image import TextToImageModel, Tokens
 
 
-class TemporalConv(nn.Module):
+def _places(n: int, like: torch.Tensor) -> torch.Tensor:
+    """n evenly spaced places from -1 to +1 (one place: 0), in ``like``'s device and dtype."""
+    if n == 1:
+        return torch.zeros(1, device=like.device, dtype=like.dtype)
+    return torch.linspace(-1, 1, n, device=like.device, dtype=like.dtype)
+
+
+class _FrameLayer(nn.Module):
+    """A residual layer over the (B*T, C, H, W) output of the ResNet it is hooked onto; ``frames``
+    (T) is set by VideoModel before each forward."""
+
+    frames = 1
+
+    def hook(self, module: nn.Module, args, output: torch.Tensor) -> torch.Tensor:
+        return self(output)
+
+
+class TemporalConv(_FrameLayer):
     """x + conv_t(silu(norm(x))) over the frame axis of (B*T, C, H, W) features."""
 
     def __init__(self, channels: int, groups: int, kernel: int = 3):
         super().__init__()
-        self.frames = 1  # set by VideoModel before each forward
         self.norm = nn.GroupNorm(groups, channels)
         self.conv = nn.Conv3d(channels, channels, (kernel, 1, 1), padding=(kernel // 2, 0, 0))
         nn.init.zeros_(self.conv.weight)
@@ -55,9 +71,6 @@ class TemporalConv(nn.Module):
         y = self.conv(y).transpose(1, 2).reshape(bt, c, h, w)
         return x + y
 
-    def hook(self, module: nn.Module, args, output: torch.Tensor) -> torch.Tensor:
-        return self(output)
-
 
 def _fourier(coords: torch.Tensor, bands: int) -> torch.Tensor:
     """(..., A) coordinates in [-1, 1] -> (..., A * 2 * bands) sin/cos features at frequencies pi*1..bands."""
@@ -66,7 +79,7 @@ def _fourier(coords: torch.Tensor, bands: int) -> torch.Tensor:
     return torch.cat([angles.sin(), angles.cos()], -1)
 
 
-class SpaceTimeAttention(nn.Module):
+class SpaceTimeAttention(_FrameLayer):
     """x + out(attention over all (frame, row, column) tokens of a clip) for (B*T, C, H, W) features.
 
     Queries and keys get a learned projection of the Fourier features of each token's place in the
@@ -78,7 +91,7 @@ class SpaceTimeAttention(nn.Module):
         super().__init__()
         if channels % heads:
             raise ValueError(f"space-time attention: {channels} channels do not split into {heads} heads")
-        self.frames, self.heads = 1, heads
+        self.heads = heads
         self.norm = nn.GroupNorm(groups, channels)
         self.place = nn.Linear(3 * 2 * self.bands, channels)
         self.qkv = nn.Linear(channels, 3 * channels)
@@ -91,8 +104,7 @@ class SpaceTimeAttention(nn.Module):
         t = self.frames
         b = bt // t
         y = self.norm(x).view(b, t, c, h, w).permute(0, 1, 3, 4, 2).reshape(b, t * h * w, c)
-        axes = [torch.linspace(-1, 1, n, device=x.device, dtype=x.dtype) if n > 1 else
-                torch.zeros(1, device=x.device, dtype=x.dtype) for n in (t, h, w)]
+        axes = [_places(n, x) for n in (t, h, w)]
         where = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).view(t * h * w, 3)
         q, k, v = self.qkv(y).chunk(3, -1)
         place = self.place(_fourier(where, self.bands))
@@ -101,9 +113,6 @@ class SpaceTimeAttention(nn.Module):
         y = nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t * h * w, c)
         y = self.out(y).view(b, t, h, w, c).permute(0, 1, 4, 2, 3).reshape(bt, c, h, w)
         return x + y
-
-    def hook(self, module: nn.Module, args, output: torch.Tensor) -> torch.Tensor:
-        return self(output)
 
 
 class VideoModel(TextToImageModel):
@@ -186,9 +195,7 @@ class VideoModel(TextToImageModel):
         b, frames, c, h, w = x.shape
         for layer in [*self.temporal, *self.spacetime]:
             layer.frames = frames
-        where = torch.linspace(-1, 1, frames, device=x.device, dtype=x.dtype) if frames > 1 else \
-            torch.zeros(1, device=x.device, dtype=x.dtype)
-        pos = where.view(1, frames, 1, 1, 1).expand(b, frames, 1, h, w)
+        pos = _places(frames, x).view(1, frames, 1, 1, 1).expand(b, frames, 1, h, w)
         flat = torch.cat([x, pos], 2).reshape(b * frames, c + 1, h, w)
         out = self.unet(flat, t.repeat_interleave(frames), encoder_hidden_states=states.repeat_interleave(frames, 0),
                         encoder_attention_mask=mask.repeat_interleave(frames, 0)).sample
