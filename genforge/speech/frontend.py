@@ -143,6 +143,9 @@ def split_sentences(text: str, max_chars: int = MAX_CHARS) -> list[str]:
 
 _backend = None
 _backend_lock = threading.Lock()
+#: how espeak-ng phonemizes; part of phonemizer_key, so a change here also re-phonemizes caches
+_ESPEAK_SETTINGS = {"language": "en-us", "preserve_punctuation": True, "with_stress": True,
+                    "language_switch": "remove-flags"}
 
 
 def _espeak():
@@ -155,9 +158,7 @@ def _espeak():
                 raise GenforgeError("phonemizing needs the phonemizer package: pip install phonemizer") from None
             logging.getLogger("phonemizer").setLevel(logging.ERROR)  # per-line word-count chatter
             try:
-                _backend = EspeakBackend("en-us", preserve_punctuation=True, with_stress=True,
-                                         language_switch="remove-flags",
-                                         logger=logging.getLogger("phonemizer"))
+                _backend = EspeakBackend(**_ESPEAK_SETTINGS, logger=logging.getLogger("phonemizer"))
             except RuntimeError as e:
                 raise GenforgeError(f"espeak-ng is not usable ({e}); install it: apt-get install espeak-ng") from None
         return _backend
@@ -165,10 +166,11 @@ def _espeak():
 
 def phonemizer_key() -> str:
     """What the IPA of a text depends on besides the text: espeak-ng's and phonemizer's versions and
-    the settings above. Caches of phonemized text are keyed by it, so an upgrade re-phonemizes."""
+    ``_ESPEAK_SETTINGS``. Caches of phonemized text are keyed by it, so an upgrade re-phonemizes."""
     import phonemizer
 
-    return f"espeak-ng {'.'.join(map(str, _espeak().version()))}; phonemizer {phonemizer.__version__}; en-us stress punct"
+    settings = " ".join(f"{k}={v}" for k, v in sorted(_ESPEAK_SETTINGS.items()))
+    return f"espeak-ng {'.'.join(map(str, _espeak().version()))}; phonemizer {phonemizer.__version__}; {settings}"
 
 
 def phonemize(texts: list[str]) -> list[str]:
