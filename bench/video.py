@@ -41,7 +41,10 @@ def speed(pipe, prompt: str, n: int = 4, steps=None) -> dict:
 
 
 def _set_line(name: str, scores: dict) -> str:
-    line = f"{name} {scores['generated']['all_correct']:.3f} (real {scores['real']['all_correct']:.3f})"
+    gen = scores["generated"]
+    parts = ", ".join(f"{k} object{'s' * (k != '1')} {v['all_correct']:.3f} of {v['n']}"
+                      for k, v in gen.get("by_objects", {}).items())
+    line = f"{name} {gen['all_correct']:.3f} [{parts}] (real {scores['real']['all_correct']:.3f})"
     return line + (f" {scores['fvd']['metric']} {scores['fvd']['value']:.2f}" if "fvd" in scores else "")
 
 

@@ -100,6 +100,9 @@ def test_verifier_is_exact_on_ground_truth(clips):
         summary = verify_clips(frames, sp)
         assert summary["all_correct"] == 1.0, summary
         assert summary["identity_frames"] == 1.0
+        by = summary["by_objects"]
+        assert sum(v["n"] for v in by.values()) == len(caps) and all(v["all_correct"] == 1.0 for v in by.values())
+        assert {int(k) for k in by} == {len(s.objects) for s in specs}
     r = verify_clip(frames[0], caps[0])
     assert r["all_correct"] and r["objects"][0]["observed"] == specs[0].objects[0].label
 
@@ -113,6 +116,10 @@ def test_verifier_rejects_broken_clips(clips):
     for broken in (shuffled, static, wrong_colour):
         assert verify_clips(broken, caps)["all_correct"] <= 0.2
     assert verify_clips(wrong_colour, caps)["accuracy"]["color"] <= 0.2
+    two = torch.tensor([len(s.objects) == 2 for s in clips.column("spec")])
+    assert two.any() and not two.all()
+    by = verify_clips(torch.where(two.view(-1, 1, 1, 1, 1), static, frames), caps)["by_objects"]
+    assert by["1"]["all_correct"] == 1.0 and by["2"]["all_correct"] <= 0.2  # frozen two-object clips only
     with pytest.raises(GenforgeError, match="one spec per clip"):
         verify_clips(frames[:2], caps[:3])
 

@@ -236,17 +236,24 @@ def _clips(clips: Any) -> list[Any]:
 
 
 def verify_clips(clips: Any, specs: Sequence[Any]) -> dict[str, Any]:
-    """Rates over clips: per-attribute accuracy, the all-correct rate and the mean ``identity_frames``."""
+    """Rates over clips: per-attribute accuracy, the all-correct rate, the mean ``identity_frames``,
+    and ``by_objects``: clip count and all-correct rate per number of objects the spec asks for."""
     clips, specs = _clips(clips), list(specs)
     if len(clips) != len(specs):
         raise GenforgeError(f"verify_clips needs one spec per clip: got {len(clips)} clips, {len(specs)} specs")
     if not clips:
         raise GenforgeError("verify_clips got no clips")
     results = [verify_clip(c, s) for c, s in zip(clips, specs)]
+    counts = [len(as_motion_spec(s)[0].objects) for s in specs]
+    by_objects = {}
+    for k in sorted(set(counts)):
+        picked = [r for r, c in zip(results, counts) if c == k]
+        by_objects[str(k)] = {"n": len(picked), "all_correct": sum(r["all_correct"] for r in picked) / len(picked)}
     return {"n": len(results),
             "accuracy": {k: sum(r[k] for r in results) / len(results) for k in ATTRIBUTES},
             "all_correct": sum(r["all_correct"] for r in results) / len(results),
-            "identity_frames": float(np.mean([r["identity_frames"] for r in results]))}
+            "identity_frames": float(np.mean([r["identity_frames"] for r in results])),
+            "by_objects": by_objects}
 
 
 def _boxes(imgs: list[np.ndarray], scene: Optional[VideoScene]) -> list[list[tuple[float, float, float]]]:

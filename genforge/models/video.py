@@ -19,6 +19,19 @@ of each token's (frame, row, column) place in [-1, 1] added to its queries and k
 this object two frames ago, and where does the caption send it" is one attention step. At 8 frames of
 8x8 that is 512 tokens per clip: cheap next to the UNet's full-resolution convolutions.
 
+With ``context_frames`` = K > 0 the model is autoregressive instead (frame-conditioned diffusion, as in
+MCVD or the game-engine world models): each frame is denoised on its own, reading the K frames
+before it, clean, as extra input planes (each with a plane saying whether it exists), so the
+network's job at every frame is "draw the previous frame again, moved as the caption and the last
+two frames say": a shift of a few pixels, within a few 3x3 convolutions' reach, where the joint
+model above must learn where a 19-px journey ends. Training sees every frame of a clip at once
+with its true predecessors (teacher forcing; each frame its own noise level), the predecessors
+lightly noised (``context_noise``) so that at sampling, where they are the model's own drawings,
+small errors do not compound; sampling draws frame 0 from the caption alone, then each next frame
+from the caption and the frames already drawn. The temporal layers are left out in this mode
+(they would read the noisy future frames), and image-to-video is simply starting after the given
+first frame.
+
 Each temporal layer is a residual branch whose last projection starts at zero, so an untrained model
 is the per-frame image model (and a model grown from a trained one computes what it did), and is
 attached as a forward hook on the ResNet it follows (a bound method, so ``copy.deepcopy`` for EMA
@@ -142,6 +155,8 @@ class VideoModel(TextToImageModel):
         prediction_type: str = "v_prediction",
         shared_noise: float = 0.0,
         spacetime_attention: int = 0,
+        context_frames: int = 0,
+        context_noise: float = 0.0,
     ):
         if not 1 <= frames <= 64:
             raise ValueError(f"frames must be in 1..64, got {frames}")
@@ -149,14 +164,27 @@ class VideoModel(TextToImageModel):
             raise ValueError(f"temporal_kernel must be odd and positive, got {temporal_kernel}")
         if not 0 <= shared_noise < 1:
             raise ValueError(f"shared_noise must be in [0, 1), got {shared_noise}")
+        if not 0 <= context_frames <= 4:
+            raise ValueError(f"context_frames must be in 0..4, got {context_frames}")
+        if context_frames and (shared_noise or spacetime_attention):
+            raise ValueError("context_frames (autoregressive frames) cannot be combined with shared_noise or "
+                             "spacetime_attention, which belong to the joint clip model; set them to 0")
+        if not 0 <= context_noise < 1:
+            raise ValueError(f"context_noise must be in [0, 1), got {context_noise}")
+        # input planes beside the frame: its place in the clip, then per context frame (C planes + presence)
         super().__init__(channels, image_size, widths, layers_per_block, cross_attention, attention_heads,
                          text_encoder, vocab_size, context, text_dim, text_layers, text_heads,
-                         num_train_timesteps, beta_schedule, prediction_type, extra_inputs=1)
+                         num_train_timesteps, beta_schedule, prediction_type,
+                         extra_inputs=1 + context_frames * (channels + 1))
+        self.context_frames, self.context_noise = int(context_frames), float(context_noise)
+        self._planes: Optional[torch.Tensor] = None  # set while sampling one frame autoregressively
         groups = min(32, min(widths))
         levels = len(widths)
         sized = [(r, image_size >> i) for i, b in enumerate(self.unet.down_blocks) for r in b.resnets]
         sized += [(r, image_size >> (levels - 1)) for r in self.unet.mid_block.resnets]
         sized += [(r, image_size >> (levels - 1 - j)) for j, b in enumerate(self.unet.up_blocks) for r in b.resnets]
+        if context_frames:
+            sized = []  # autoregressive: no layer looks across frames inside the network
         self.temporal = nn.ModuleList(TemporalConv(r.out_channels, groups, temporal_kernel) for r, _ in sized)
         for (r, _), layer in zip(sized, self.temporal):
             r.register_forward_hook(layer.hook)
@@ -190,8 +218,49 @@ class VideoModel(TextToImageModel):
         """Per-frame noise ``own`` (B, T, ...) mixed with one draw per clip ``common`` (B, 1, ...)."""
         return self.shared_noise ** 0.5 * common + (1 - self.shared_noise) ** 0.5 * own
 
+    # ---- autoregressive mode (context_frames > 0) ------------------------------------------------
+    def planes(self, clip: torch.Tensor, noise_std: float = 0.0) -> torch.Tensor:
+        """The conditioning planes (B, T, P, H, W) of every frame of clean clips (B, T, C, H, W): its
+        place in the clip, then each of the K frames before it (zeros and a 0 presence plane before
+        the clip starts). ``noise_std``: context frames get Gaussian noise of a standard deviation
+        drawn uniformly from [0, noise_std] per frame (training; from the global random stream)."""
+        b, frames, c, h, w = clip.shape
+        if noise_std:
+            clip = clip + noise_std * torch.rand(b, frames, 1, 1, 1, device=clip.device, dtype=clip.dtype) \
+                * torch.randn_like(clip)
+        out = [_places(frames, clip).view(1, frames, 1, 1, 1).expand(b, frames, 1, h, w)]
+        for k in range(1, self.context_frames + 1):
+            prev = torch.zeros_like(clip)
+            have = torch.zeros(b, frames, 1, h, w, device=clip.device, dtype=clip.dtype)
+            if k < frames:
+                prev[:, k:] = clip[:, :-k]
+                have[:, k:] = 1
+            out += [prev, have]
+        return torch.cat(out, 2)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor,
+                planes: Optional[torch.Tensor] = None):
+        """Clips (B, T, C, H, W) at timesteps (B,); or, autoregressive, frames (B*T, C, H, W) at
+        timesteps (B*T,) with their ``planes`` (B*T, P, H, W) and one caption per clip (B, L)."""
+        states = self.encode_text(ids, mask)
+        if planes is None:
+            return self.denoise(x, t, states, mask)
+        per_clip = x.shape[0] // ids.shape[0]
+        return self._frame_unet(x, t, states.repeat_interleave(per_clip, 0), mask.repeat_interleave(per_clip, 0),
+                                planes)
+
+    def _frame_unet(self, x, t, states, mask, planes):
+        return self.unet(torch.cat([x, planes], 1), t, encoder_hidden_states=states,
+                         encoder_attention_mask=mask).sample
+
     def denoise(self, x: torch.Tensor, t: torch.Tensor, states: torch.Tensor, mask: torch.Tensor):
-        """Prediction for clips ``x`` (B, T, C, H, W) at timesteps ``t`` (B,)."""
+        """Prediction for clips ``x`` (B, T, C, H, W) at timesteps ``t`` (B,); while an autoregressive
+        sample draws one frame, for frames (B, C, H, W) with that frame's planes."""
+        if x.dim() == 4:
+            if self._planes is None:
+                raise RuntimeError("denoise got single frames outside an autoregressive sample")
+            planes = self._planes.repeat(x.shape[0] // self._planes.shape[0], 1, 1, 1)  # guided: cond + uncond
+            return self._frame_unet(x, t, states, mask, planes)
         b, frames, c, h, w = x.shape
         for layer in [*self.temporal, *self.spacetime]:
             layer.frames = frames
@@ -218,6 +287,9 @@ class VideoModel(TextToImageModel):
         classifier-free guidance as in ``TextToImageModel.sample``. ``first_frame`` (B, C, H, W) in
         [-1, 1] fixes frame 0 (image-to-video by replacement: at every step frame 0 is set to the
         given image noised to the step's level, so the other frames are drawn consistent with it)."""
+        if self.context_frames:
+            return self._sample_frames(noise, cond, uncond, guidance, steps, sampler, generator, progress,
+                                       first_frame)
         fix = None
         if first_frame is not None:
             known = first_frame.to(noise)
@@ -232,6 +304,27 @@ class VideoModel(TextToImageModel):
         return x.clamp(-1, 1)
 
 
+    def _sample_frames(self, noise, cond, uncond, guidance, steps, sampler, generator, progress, first_frame):
+        """Autoregressive sampling: frame i is a full denoising run with the frames before it (as
+        drawn, clamped to [-1, 1]) in its planes; ``first_frame`` is frame 0 as given."""
+        b, frames = noise.shape[:2]
+        clip = torch.zeros_like(noise)
+        start = 0
+        if first_frame is not None:
+            clip[:, 0] = first_frame.to(noise)
+            start = 1
+        total = frames * steps
+        try:
+            for i in range(start, frames):
+                self._planes = self.planes(clip)[:, i]  # frames >= i are still zeros; planes of i read < i
+                report = None if progress is None else (lambda j, _n, i=i: progress(i * steps + j, total))
+                x = self.denoise_loop(noise[:, i], cond, uncond, guidance, steps, sampler, generator, report)
+                clip[:, i] = x.clamp(-1, 1)
+        finally:
+            self._planes = None
+        return clip
+
+
 def _noised(sched: DDPMScheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     # every sampler here (ddpm, ddim, dpm++) steps the variance-preserving x_t itself
     return sched.add_noise(x0, noise, t.long().view(1).expand(x0.shape[0]).cpu()).to(x0)
@@ -244,7 +337,8 @@ def video_unet(channels: int = 3, image_size: int = 32, frames: int = 16, widths
                vocab_size: int = 256, context: int = 32, text_dim: int = 64, text_layers: int = 2,
                text_heads: int = 4, num_train_timesteps: int = 1000, beta_schedule: str = "squaredcos_cap_v2",
                prediction_type: str = "v_prediction", shared_noise: float = 0.0,
-               spacetime_attention: int = 0) -> VideoModel:
+               spacetime_attention: int = 0, context_frames: int = 0, context_noise: float = 0.0) -> VideoModel:
     return VideoModel(channels, image_size, frames, widths, layers_per_block, cross_attention, attention_heads,
                       temporal_kernel, text_encoder, vocab_size, context, text_dim, text_layers, text_heads,
-                      num_train_timesteps, beta_schedule, prediction_type, shared_noise, spacetime_attention)
+                      num_train_timesteps, beta_schedule, prediction_type, shared_noise, spacetime_attention,
+                      context_frames, context_noise)

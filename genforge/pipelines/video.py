@@ -98,13 +98,15 @@ class VideoPipeline(TextToImagePipeline):
         noise = self.draw_noise(n, seed, frames)
         guided = guidance != 1.0 and (any(p.strip() for p in prompts) or bool(negative_prompt))
         chunks = range(0, n, batch_size)
-        total, out = steps * len(chunks), []
+        out = []
         for k, i in enumerate(chunks):
             chunk = prompts[i:i + batch_size]
             cond = tuple(t.to(self.device) for t in self._tokens(chunk))
             uncond = tuple(t.to(self.device) for t in self._tokens([negative_prompt or ""] * len(chunk)))
             gen = torch.Generator(self.device).manual_seed(seed + i)
-            report = None if progress is None else (lambda j, _t, k=k: progress(k * steps + j, total))
+            # the model counts its own total (an autoregressive one: steps per frame)
+            report = None if progress is None else (
+                lambda j, per, k=k: progress(k * per + j, per * len(chunks)))
             x = self.model.sample(noise[i:i + batch_size].to(self.device), cond, uncond,
                                   guidance=guidance if guided else 1.0, steps=steps, sampler=sampler,
                                   generator=gen, progress=report,

@@ -2,7 +2,8 @@
 
 A batch is clips (B, T, C, H, W) in [-1, 1] and one caption each, dropped to the empty string at
 rate ``cond_drop`` for classifier-free guidance; one noise level per clip (every frame of a clip is
-noised alike, which is what the sampler later undoes). Caption picking, tokenising, the tokenizer
+noised alike, which is what the sampler later undoes); an autoregressive model (``context_frames``)
+learns every frame at once from its clean predecessors instead. Caption picking, tokenising, the tokenizer
 and the grid prompts are text2image's (this task subclasses it); what differs is the batch, the
 grids (one clip per row, frames left to right) and the evaluation (the motion verifier).
 """
@@ -17,6 +18,7 @@ from ..data import Examples
 from ..data.transforms import to_uint8
 from ..errors import GenforgeError
 from ..registry import register_task
+from .diffusion import denoising_loss
 from .text2image import TextToImageTask, tokenize_prompts
 
 
@@ -46,6 +48,19 @@ class VideoTask(TextToImageTask):
             if clips.shape[1] != self.model.frames:
                 raise GenforgeError(f"model.params.frames={self.model.frames} but the dataset's clips have "
                                     f"{clips.shape[1]} frames; set data.frames instead")
+
+    def step(self, batch, optimize):
+        if not self.model.context_frames:
+            return super().step(batch, optimize)
+        # autoregressive model: every frame of every clip is one denoising example, conditioned on
+        # its clean predecessors (teacher forcing), each frame with its own noise and timestep
+        net = self.nets["model"]
+        clips = batch["image"]
+        planes = self.model.planes(clips, self.model.context_noise).flatten(0, 1)
+        loss = denoising_loss(self.model.train_scheduler, clips.flatten(0, 1),
+                              lambda xt, t: net(xt, t, batch["ids"], batch["mask"], planes))
+        optimize("model", loss)
+        return {"loss": loss.detach()}
 
     # ---- progress grids and evaluation --------------------------------------------------------
     def preview(self, data: Examples, n: int = 64) -> torch.Tensor | None:
