@@ -69,7 +69,9 @@ def test_shipped_model_runs_and_records_its_recipe(name):
         wav = pipe(np.zeros((cfg["model"]["params"].get("n_mels", 80), 20), np.float32) - 5)
         assert wav.shape == (19 * 256,) and np.isfinite(wav).all()
     elif cfg["task"] == "video":
-        assert all(0 <= v <= 1 for k, v in cfg["notes"]["held_out"].items() if k.startswith("motion_"))
+        scores = {k: v for k, v in cfg["notes"]["held_out"].items() if k.startswith("motion_")}
+        assert all(0 <= v <= 1 for k, v in scores.items() if not k.endswith("_n"))  # rates
+        assert all(v >= 1 for k, v in scores.items() if k.endswith("_n"))  # clips per object count
         prompt = "a small red circle moves right"
         clip = pipe(prompt=prompt, n=1, seed=3, steps=2)
         assert clip.shape[:2] == (1, cfg["data"]["frames"]) and clip.dtype == torch.uint8
