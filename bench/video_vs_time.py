@@ -23,6 +23,7 @@ from common import save  # noqa: E402
 
 from genforge.eval.motion import verify_clips  # noqa: E402
 from genforge.tasks import Task  # noqa: E402
+from genforge.train.checkpoint import read_metrics  # noqa: E402
 
 PAD, SCALE = 2, 2  # the trainer's make_grid(padding=2, scale=2)
 
@@ -31,6 +32,10 @@ def grid_clips(path: Path, rows: int, frames: int, size: int) -> torch.Tensor:
     """(rows, frames, 3, size, size) uint8 clips cut back out of a progress grid."""
     a = np.asarray(Image.open(path).convert("RGB"))
     tile = size * SCALE
+    want = (PAD + rows * (tile + PAD), PAD + Task.grid_columns * (tile + PAD))
+    if a.shape[:2] != want:
+        sys.exit(f"error: {path} is {a.shape[1]}x{a.shape[0]} px, not the {want[1]}x{want[0]} of a grid of "
+                 f"{rows} clips x {Task.grid_columns} frames of {size} px")
     clips = torch.zeros(rows, frames, 3, size, size, dtype=torch.uint8)
     for r in range(rows):
         for c in range(frames):
@@ -49,14 +54,7 @@ def main() -> None:
     if cfg["task"] != "video" or frames > Task.grid_columns:
         sys.exit(f"error: {args.run} is not a video run whose grids show all frames (frames <= {Task.grid_columns})")
     prompts = (args.run / "samples" / "prompts.txt").read_text().splitlines()
-    times = {}
-    for line in (args.run / "metrics.jsonl").read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if "time" in row:
-            times[row["step"]] = row["time"]
+    times = {row["step"]: row["time"] for row in read_metrics(args.run / "metrics.jsonl")[0] if "time" in row}
     points = []
     for grid in sorted((args.run / "samples").glob("step_*.png")):
         step = int(grid.stem.split("_")[1])

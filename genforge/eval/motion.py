@@ -244,7 +244,7 @@ def verify_clips(clips: Any, specs: Sequence[Any]) -> dict[str, Any]:
     if not clips:
         raise GenforgeError("verify_clips got no clips")
     results = [verify_clip(c, s) for c, s in zip(clips, specs)]
-    counts = [len(as_motion_spec(s)[0].objects) for s in specs]
+    counts = [len(r["objects"]) for r in results]  # one entry per object the spec asks for
     by_objects = {}
     for k in sorted(set(counts)):
         picked = [r for r, c in zip(results, counts) if c == k]

@@ -303,7 +303,6 @@ class VideoModel(TextToImageModel):
             x[:, 0] = known
         return x.clamp(-1, 1)
 
-
     def _sample_frames(self, noise, cond, uncond, guidance, steps, sampler, generator, progress, first_frame):
         """Autoregressive sampling: frame i is a full denoising run with the frames before it (as
         drawn, clamped to [-1, 1]) in its planes; ``first_frame`` is frame 0 as given."""
