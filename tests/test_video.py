@@ -115,6 +115,8 @@ def test_model_refuses_bad_options():
         MODELS.build("video_unet", **{**TINY_MODEL, "context_frames": 2, "shared_noise": 0.5})
     with pytest.raises(GenforgeError, match="context_frames"):
         MODELS.build("video_unet", **{**TINY_MODEL, "context_frames": 5})
+    with pytest.raises(GenforgeError, match="anchor_frame"):
+        MODELS.build("video_unet", **{**TINY_MODEL, "context_frames": 1, "anchor_frame": True})
 
 
 AR_MODEL = {**TINY_MODEL, "context_frames": 2, "context_noise": 0.1}
@@ -144,6 +146,25 @@ def test_autoregressive_planes_hold_each_frames_predecessors_and_nothing_later()
     noisy = m.planes(clip, noise_std=0.1)
     assert torch.equal(noisy[:, :, [0, 4, 8]], planes[:, :, [0, 4, 8]])  # places and presence stay exact
     assert 0 < (noisy - planes).abs().max() < 1.0
+
+
+def test_anchor_frame_puts_frame_0_in_the_last_context_slot():
+    """With ``anchor_frame`` the K-th context slot of every frame after the first holds frame 0
+    (and says it is there); the other slots still hold the frames just before; frame 0 has none."""
+    from genforge.registry import MODELS
+
+    m = MODELS.build("video_unet", **{**AR_MODEL, "anchor_frame": True})
+    assert m.unet.conv_in.in_channels == 3 + 1 + 2 * 4  # same input planes as without: weights carry over
+    clip = torch.randn(2, 5, 3, 16, 16)
+    planes = m.planes(clip)
+    plain = MODELS.build("video_unet", **AR_MODEL).planes(clip)
+    assert torch.equal(planes[:, :, :5], plain[:, :, :5])  # place and the previous frame unchanged
+    assert not planes[:, 0, 5:].any()
+    for i in range(1, 5):
+        assert torch.equal(planes[:, i, 5:8], clip[:, 0]) and bool((planes[:, i, 8] == 1).all())
+    later = clip.clone()
+    later[:, 2] += 1.0
+    assert torch.equal(m.planes(later)[:, :3], planes[:, :3])  # still nothing from a frame's own future
 
 
 def test_autoregressive_sampling_draws_frames_in_order_and_keeps_a_first_frame():

@@ -157,6 +157,7 @@ class VideoModel(TextToImageModel):
         spacetime_attention: int = 0,
         context_frames: int = 0,
         context_noise: float = 0.0,
+        anchor_frame: bool = False,
     ):
         if not 1 <= frames <= 64:
             raise ValueError(f"frames must be in 1..64, got {frames}")
@@ -171,12 +172,16 @@ class VideoModel(TextToImageModel):
                              "spacetime_attention, which belong to the joint clip model; set them to 0")
         if not 0 <= context_noise < 1:
             raise ValueError(f"context_noise must be in [0, 1), got {context_noise}")
+        if anchor_frame and context_frames < 2:
+            raise ValueError("anchor_frame gives the last of the context_frames slots to frame 0; it needs "
+                             f"context_frames >= 2, got {context_frames}")
         # input planes beside the frame: its place in the clip, then per context frame (C planes + presence)
         super().__init__(channels, image_size, widths, layers_per_block, cross_attention, attention_heads,
                          text_encoder, vocab_size, context, text_dim, text_layers, text_heads,
                          num_train_timesteps, beta_schedule, prediction_type,
                          extra_inputs=1 + context_frames * (channels + 1))
         self.context_frames, self.context_noise = int(context_frames), float(context_noise)
+        self.anchor_frame = bool(anchor_frame)
         self._planes: Optional[torch.Tensor] = None  # set while sampling one frame autoregressively
         groups = min(32, min(widths))
         levels = len(widths)
@@ -222,8 +227,11 @@ class VideoModel(TextToImageModel):
     def planes(self, clip: torch.Tensor, noise_std: float = 0.0) -> torch.Tensor:
         """The conditioning planes (B, T, P, H, W) of every frame of clean clips (B, T, C, H, W): its
         place in the clip, then each of the K frames before it (zeros and a 0 presence plane before
-        the clip starts). ``noise_std``: context frames get Gaussian noise of a standard deviation
-        drawn uniformly from [0, noise_std] per frame (training; from the global random stream)."""
+        the clip starts); with ``anchor_frame`` the last of the K slots holds frame 0 instead (for
+        every frame after it), so the network sees the whole change since the clip began and not
+        only the last step's. ``noise_std``: context frames get Gaussian noise of a standard
+        deviation drawn uniformly from [0, noise_std] per frame (training; from the global random
+        stream)."""
         b, frames, c, h, w = clip.shape
         if noise_std:
             clip = clip + noise_std * torch.rand(b, frames, 1, 1, 1, device=clip.device, dtype=clip.dtype) \
@@ -232,7 +240,10 @@ class VideoModel(TextToImageModel):
         for k in range(1, self.context_frames + 1):
             prev = torch.zeros_like(clip)
             have = torch.zeros(b, frames, 1, h, w, device=clip.device, dtype=clip.dtype)
-            if k < frames:
+            if self.anchor_frame and k == self.context_frames:
+                prev[:, 1:] = clip[:, :1]
+                have[:, 1:] = 1
+            elif k < frames:
                 prev[:, k:] = clip[:, :-k]
                 have[:, k:] = 1
             out += [prev, have]
@@ -336,8 +347,9 @@ def video_unet(channels: int = 3, image_size: int = 32, frames: int = 16, widths
                vocab_size: int = 256, context: int = 32, text_dim: int = 64, text_layers: int = 2,
                text_heads: int = 4, num_train_timesteps: int = 1000, beta_schedule: str = "squaredcos_cap_v2",
                prediction_type: str = "v_prediction", shared_noise: float = 0.0,
-               spacetime_attention: int = 0, context_frames: int = 0, context_noise: float = 0.0) -> VideoModel:
+               spacetime_attention: int = 0, context_frames: int = 0, context_noise: float = 0.0,
+               anchor_frame: bool = False) -> VideoModel:
     return VideoModel(channels, image_size, frames, widths, layers_per_block, cross_attention, attention_heads,
                       temporal_kernel, text_encoder, vocab_size, context, text_dim, text_layers, text_heads,
                       num_train_timesteps, beta_schedule, prediction_type, shared_noise, spacetime_attention,
-                      context_frames, context_noise)
+                      context_frames, context_noise, anchor_frame)
