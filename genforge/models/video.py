@@ -28,7 +28,11 @@ model above must learn where a 19-px journey ends. Training sees every frame of 
 with its true predecessors (teacher forcing; each frame its own noise level), the predecessors
 lightly noised (``context_noise``) so that at sampling, where they are the model's own drawings,
 small errors do not compound; sampling draws frame 0 from the caption alone, then each next frame
-from the caption and the frames already drawn. The temporal layers are left out in this mode
+from the caption and the frames already drawn. With ``anchor_frame`` the last context slot holds
+frame 0 instead of frame i-K: a frame then reads where the clip began as well as where it just was,
+so "grown this far by now" or "this far along its path" is read off the anchor and the frame's
+place in the clip rather than summed from small steps (per-step changes of under a pixel, as in a
+slow growth, were mostly lost that way). The temporal layers are left out in this mode
 (they would read the noisy future frames), and image-to-video is simply starting after the given
 first frame.
 
@@ -185,11 +189,12 @@ class VideoModel(TextToImageModel):
         self._planes: Optional[torch.Tensor] = None  # set while sampling one frame autoregressively
         groups = min(32, min(widths))
         levels = len(widths)
-        sized = [(r, image_size >> i) for i, b in enumerate(self.unet.down_blocks) for r in b.resnets]
-        sized += [(r, image_size >> (levels - 1)) for r in self.unet.mid_block.resnets]
-        sized += [(r, image_size >> (levels - 1 - j)) for j, b in enumerate(self.unet.up_blocks) for r in b.resnets]
-        if context_frames:
-            sized = []  # autoregressive: no layer looks across frames inside the network
+        sized = []  # autoregressive: no layer looks across frames inside the network
+        if not context_frames:
+            sized = [(r, image_size >> i) for i, b in enumerate(self.unet.down_blocks) for r in b.resnets]
+            sized += [(r, image_size >> (levels - 1)) for r in self.unet.mid_block.resnets]
+            sized += [(r, image_size >> (levels - 1 - j)) for j, b in enumerate(self.unet.up_blocks)
+                      for r in b.resnets]
         self.temporal = nn.ModuleList(TemporalConv(r.out_channels, groups, temporal_kernel) for r, _ in sized)
         for (r, _), layer in zip(sized, self.temporal):
             r.register_forward_hook(layer.hook)
