@@ -124,6 +124,20 @@ def test_verifier_rejects_broken_clips(clips):
         verify_clips(frames[:2], caps[:3])
 
 
+def test_verifier_scores_a_clip_without_the_object_without_numpy_warnings():
+    """A growth caption against empty frames: nothing to track, every attribute of the object is
+    wrong, and the size check (a change from small to large at the best-fitting frame) has no frame
+    that fits rather than an empty list whose mean is NaN."""
+    from genforge.eval.motion import _switch_ok
+
+    assert _switch_ok([None] * 8, "small", "large", None) == [False] * 8
+    empty = torch.zeros(8, 3, 32, 32, dtype=torch.uint8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        r = verify_clip(empty, "a small red star grows")
+    assert not r["size"] and not r["shape"] and not r["all_correct"]
+
+
 def test_flicker(clips):
     frames, specs = clips.column("frames"), clips.column("spec")
     assert max(flicker(frames[i], specs[i]) for i in range(6)) < 0.5

@@ -162,8 +162,8 @@ def _switch_ok(observed: list[Optional[str]], a: str, b: str, known: Optional[li
     the data, so a clip that never changes cannot pass by changing in its last frame)."""
     if known is not None:
         return [o == k for o, k in zip(observed, known)]
-    best: list[bool] = []
     n = len(observed)
+    best = [False] * n  # nothing fits: every frame wrong (not an empty list, whose mean is NaN)
     for s in range(max(1, math.ceil(n / 4)), max(2, n * 3 // 4 + 1)):
         ok = [o == (a if t < s else b) for t, o in enumerate(observed)]
         if sum(ok) > sum(best):
