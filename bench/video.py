@@ -3,8 +3,8 @@
 Clips are drawn for shapes_video test captions (the run's own data settings): with a holdout, the
 seen and the held-out compositions separately, else all. Each clip is judged by
 genforge.eval.motion against its caption (all-correct and per-attribute rates, identity frames,
-flicker), and the real test clips of the same captions give the verifier's ceiling
-(genforge/eval/video_gen.py does both). Also: clips/s of 4 clips at the pipeline's defaults and
+flicker, and per motion kind asked for, how often the object did it), and the real test clips of
+the same captions give the verifier's ceiling (genforge/eval/video_gen.py does both). Also: clips/s of 4 clips at the pipeline's defaults and
 peak RSS. FVD-<net> per set and guidance with a video feature net (--feature-net, a video_classify
 run; default: the shipped one, and without one the FVD lines are skipped with a note).
 
@@ -44,7 +44,9 @@ def _set_line(name: str, scores: dict) -> str:
     gen = scores["generated"]
     parts = ", ".join(f"{k} object{'s' * (k != '1')} {v['all_correct']:.3f} of {v['n']}"
                       for k, v in gen.get("by_objects", {}).items())
-    line = f"{name} {gen['all_correct']:.3f} [{parts}] (real {scores['real']['all_correct']:.3f})"
+    kinds = ", ".join(f"{k} {v['motion']:.2f} of {v['n']}" for k, v in gen.get("by_motion", {}).items())
+    line = f"{name} {gen['all_correct']:.3f} [{parts}] (real {scores['real']['all_correct']:.3f}; motion right " \
+           f"per asked kind: {kinds})"
     return line + (f" {scores['fvd']['metric']} {scores['fvd']['value']:.2f}" if "fvd" in scores else "")
 
 

@@ -120,6 +120,11 @@ def test_verifier_rejects_broken_clips(clips):
     assert two.any() and not two.all()
     by = verify_clips(torch.where(two.view(-1, 1, 1, 1, 1), static, frames), caps)["by_objects"]
     assert by["1"]["all_correct"] == 1.0 and by["2"]["all_correct"] <= 0.2  # frozen two-object clips only
+    kinds = verify_clips(frames, caps)["by_motion"]
+    assert sum(k["n"] for k in kinds.values()) == sum(len(s.objects) for s in clips.column("spec"))
+    assert all(k["motion"] == 1.0 for k in kinds.values())
+    frozen = verify_clips(static, caps)["by_motion"]
+    assert frozen["move"]["n"] == kinds["move"]["n"] and frozen["move"]["motion"] == 0.0  # nothing moves
     with pytest.raises(GenforgeError, match="one spec per clip"):
         verify_clips(frames[:2], caps[:3])
 

@@ -237,7 +237,9 @@ def _clips(clips: Any) -> list[Any]:
 
 def verify_clips(clips: Any, specs: Sequence[Any]) -> dict[str, Any]:
     """Rates over clips: per-attribute accuracy, the all-correct rate, the mean ``identity_frames``,
-    and ``by_objects``: clip count and all-correct rate per number of objects the spec asks for."""
+    ``by_objects``: clip count and all-correct rate per number of objects the spec asks for, and
+    ``by_motion``: per motion kind asked for ('move', 'grow', ...), how many objects were asked to
+    do it and the share whose observed motion was right."""
     clips, specs = _clips(clips), list(specs)
     if len(clips) != len(specs):
         raise GenforgeError(f"verify_clips needs one spec per clip: got {len(clips)} clips, {len(specs)} specs")
@@ -249,11 +251,18 @@ def verify_clips(clips: Any, specs: Sequence[Any]) -> dict[str, Any]:
     for k in sorted(set(counts)):
         picked = [r for r, c in zip(results, counts) if c == k]
         by_objects[str(k)] = {"n": len(picked), "all_correct": sum(r["all_correct"] for r in picked) / len(picked)}
+    by_motion: dict[str, dict[str, Any]] = {}  # per asked motion kind, over every object asked to do it
+    for o in (o for r in results for o in r["objects"]):
+        entry = by_motion.setdefault(o["expected"]["label"].split()[0], {"n": 0, "motion": 0})
+        entry["n"] += 1
+        entry["motion"] += o["motion"]
+    for entry in by_motion.values():
+        entry["motion"] /= entry["n"]
     return {"n": len(results),
             "accuracy": {k: sum(r[k] for r in results) / len(results) for k in ATTRIBUTES},
             "all_correct": sum(r["all_correct"] for r in results) / len(results),
             "identity_frames": float(np.mean([r["identity_frames"] for r in results])),
-            "by_objects": by_objects}
+            "by_objects": by_objects, "by_motion": dict(sorted(by_motion.items()))}
 
 
 def _boxes(imgs: list[np.ndarray], scene: Optional[VideoScene]) -> list[list[tuple[float, float, float]]]:
