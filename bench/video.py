@@ -4,8 +4,8 @@ Clips are drawn for shapes_video test captions (the run's own data settings): wi
 seen and the held-out compositions separately, else all. Each clip is judged by
 genforge.eval.motion against its caption (all-correct and per-attribute rates, identity frames,
 flicker, and per motion kind asked for, how often the object did it), and the real test clips of
-the same captions give the verifier's ceiling (genforge/eval/video_gen.py does both). Also: clips/s of 4 clips at the pipeline's defaults and
-peak RSS. FVD-<net> per set and guidance with a video feature net (--feature-net, a video_classify
+the same captions give the verifier's ceiling (genforge/eval/video_gen.py does both). Also: clips/s
+of 4 clips at the pipeline's defaults and peak RSS. FVD-<net> per set and guidance with a video feature net (--feature-net, a video_classify
 run; default: the shipped one, and without one the FVD lines are skipped with a note).
 
     python bench/video.py RUN_DIR [--clips 32] [--guidance 1,2,4] [--steps N] [--threads 2]

@@ -21,11 +21,11 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import save  # noqa: E402
 
+from genforge.data.transforms import GRID_PADDING as PAD  # noqa: E402
 from genforge.eval.motion import verify_clips  # noqa: E402
 from genforge.tasks import Task  # noqa: E402
 from genforge.train.checkpoint import read_metrics  # noqa: E402
-
-PAD, SCALE = 2, 2  # the trainer's make_grid(padding=2, scale=2)
+from genforge.train.trainer import GRID_SCALE as SCALE  # noqa: E402  (how the trainer draws its grids)
 
 
 def grid_clips(path: Path, rows: int, frames: int, size: int) -> torch.Tensor:

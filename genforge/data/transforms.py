@@ -158,7 +158,10 @@ def to_pil_list(images: torch.Tensor) -> list[Image.Image]:
     return [Image.fromarray(a[:, :, 0] if c == 1 else a, _MODES[c]) for a in arr]
 
 
-def make_grid(images: torch.Tensor, nrow: int | None = None, padding: int = 2, pad_value: int = 128,
+GRID_PADDING = 2  # make_grid's default gap between tiles, in px
+
+
+def make_grid(images: torch.Tensor, nrow: int | None = None, padding: int = GRID_PADDING, pad_value: int = 128,
               scale: int = 1) -> Image.Image:
     """Tile a batch into one PIL image, ``nrow`` images per row (default: a square-ish grid).
 

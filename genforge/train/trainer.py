@@ -38,6 +38,7 @@ from .logging import Logger
 
 #: held (flock) while a process trains the run; it only ever holds the holder's pid
 LOCK_FILE = ".lock"
+GRID_SCALE = 2  # progress grids (samples/step_*.png): each sample pixel a 2x2 block, 32 px is hard to see at 1x
 
 
 def lr_at(cfg, step: int) -> float:
@@ -350,7 +351,7 @@ class Trainer:
         write_loss_curve(self.run_dir, ckpt.read_metrics(self.run_dir / "metrics.jsonl", warn=False)[0])
 
     def _grid(self, images: torch.Tensor, path: Path):
-        grid = make_grid(images, nrow=self.task.grid_columns, scale=2)
+        grid = make_grid(images, nrow=self.task.grid_columns, scale=GRID_SCALE)
         path.parent.mkdir(exist_ok=True)
         ckpt.atomic_write_png(path, grid)
         return grid
