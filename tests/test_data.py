@@ -169,6 +169,27 @@ def test_random_scene_rules_with_both_generator_kinds():
     assert S.random_scene(np.random.default_rng(5)) == S.random_scene(np.random.default_rng(5))
 
 
+def test_object_weights_set_the_share_of_each_object_count():
+    def counts(**kw):
+        n = [len(S.scene_for_item(i, max_objects=3, **kw).objects) for i in range(1200)]
+        return [n.count(k) / len(n) for k in (1, 2, 3)]
+    share = counts(object_weights=[1, 3, 0])
+    assert share[2] == 0 and abs(share[1] - 0.75) < 0.05  # binomial sd at n=1200 is 0.0125
+    assert counts(object_weights=[0, 0, 2]) == [0, 0, 1]
+    # Unweighted items are the stream as it always was; a dataset records its weights.
+    assert S.scene_for_item(7, max_objects=3) == S.scene_for_item(7, max_objects=3, object_weights=None)
+    ds = load_dataset(DataConfig(name="shapes", num_items=40, max_objects=2, object_weights=[0, 1]))
+    assert all(len(sc.objects) == 2 for sc in ds.specs) and ds.meta["object_weights"] == [0, 1]
+
+
+@pytest.mark.parametrize("weights", [[1, 1], [1, -1, 1], [0, 0, 0]])
+def test_object_weights_must_give_one_usable_weight_per_count(weights):
+    with pytest.raises(GenforgeError, match="object_weights needs 3 non-negative weights"):
+        load_dataset(DataConfig(name="shapes", num_items=4, max_objects=3, object_weights=weights))
+    with pytest.raises(GenforgeError, match="object_weights needs 3 non-negative weights"):
+        S.random_scene(0, max_objects=3, object_weights=[1, float("nan"), 1])
+
+
 @pytest.mark.parametrize("size", [32, 64])
 def test_render_puts_each_object_where_it_belongs(size):
     objs = tuple(Obj(shape=sh, color=co, size=sz, row=r, col=c) for sh, co, sz, r, c in [

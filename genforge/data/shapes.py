@@ -13,7 +13,7 @@ import math
 import numbers
 import random
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -200,15 +200,40 @@ def _rng_ops(rng: RngLike) -> tuple[Callable[[int], int], Callable[[], float]]:
     raise TypeError(f"rng must be random.Random, numpy.random.Generator or an int seed, got {type(rng).__name__}")
 
 
-def random_scene(rng: RngLike = None, max_objects: int = 3, background_prob: float = 0.3) -> Scene:
-    """A scene of 1..max_objects objects on distinct cells; a named background with ``background_prob``."""
+def object_count_weights(max_objects: int, weights: Optional[Sequence[float]]) -> Optional[tuple[float, ...]]:
+    """``weights`` checked against ``max_objects``: one non-negative weight per object count 1..max_objects."""
+    if weights is None:
+        return None
+    w = tuple(float(x) for x in weights)
+    if len(w) != max_objects or any(not math.isfinite(x) or x < 0 for x in w) or sum(w) <= 0:
+        raise GenforgeError(f"object_weights needs {max_objects} non-negative weights (one per object count "
+                            f"1..{max_objects}, not all zero), got {list(weights)}; e.g. "
+                            f"data.object_weights=[{', '.join(['1'] * max_objects)}]")
+    return w
+
+
+def random_scene(rng: RngLike = None, max_objects: int = 3, background_prob: float = 0.3,
+                 object_weights: Optional[Sequence[float]] = None) -> Scene:
+    """A scene of 1..max_objects objects on distinct cells; a named background with ``background_prob``.
+
+    The object count is uniform, or drawn with ``object_weights`` (relative weights of 1..max_objects
+    objects) to show a model more of the scenes it finds hard.
+    """
     if not 1 <= max_objects <= GRID * GRID:
         raise GenforgeError(f"max_objects must be 1..{GRID * GRID}, got {max_objects}")
+    weights = object_count_weights(max_objects, object_weights)
     randrange, rand = _rng_ops(rng)
     names = list(BACKGROUNDS)
     background = names[randrange(len(names))] if rand() < background_prob else None
     colors = [c for c in COLORS if background is not None or c != "black"]
-    n = 1 + randrange(max_objects)
+    if weights is None:
+        n = 1 + randrange(max_objects)
+    else:
+        u, n, acc = rand() * sum(weights), 0, weights[0]
+        while n < max_objects - 1 and u >= acc:  # zero-weight counts are stepped over, never chosen
+            n += 1
+            acc += weights[n]
+        n += 1
     cells = list(range(GRID * GRID))
     objs = []
     for k in range(n):
@@ -286,7 +311,7 @@ def is_heldout(scene: Scene, holdout: Union[str, Holdout] = "default") -> bool:
 
 def scene_for_item(index: int, seed: int = 0, split: str = "train", max_objects: int = 3,
                    background_prob: float = 0.3, holdout: Union[str, Holdout] = "none",
-                   heldout: Optional[bool] = None) -> Scene:
+                   heldout: Optional[bool] = None, object_weights: Optional[Sequence[float]] = None) -> Scene:
     """Item ``index`` of the (seed, split) stream; a string seed hashes the same on every platform.
 
     ``heldout`` True/False keeps drawing from the item's own generator until the scene does/does not
@@ -296,7 +321,8 @@ def scene_for_item(index: int, seed: int = 0, split: str = "train", max_objects:
     rng = random.Random(f"genforge.shapes/{split}/{seed}/{index}")
     rule = _holdout(holdout)
     for _ in range(_MAX_DRAWS):
-        scene = random_scene(rng, max_objects=max_objects, background_prob=background_prob)
+        scene = random_scene(rng, max_objects=max_objects, background_prob=background_prob,
+                             object_weights=object_weights)
         if heldout is None or bool(rule.matches(scene)) == heldout:
             return scene
     raise GenforgeError(f"no scene in {_MAX_DRAWS} draws fits holdout={holdout!r} with heldout={heldout}; "
@@ -388,8 +414,9 @@ def load_shapes(cfg: DataConfig) -> ImageSet:
     """``cfg.num_items`` scenes (the first ``cfg.limit``); split 'test' is a separate stream."""
     n = cfg.num_items if cfg.limit is None else min(cfg.limit, cfg.num_items)
     heldout = _heldout_filter(cfg)
+    weights = object_count_weights(cfg.max_objects, cfg.object_weights)
     scenes = [scene_for_item(i, seed=cfg.seed, split=cfg.split, max_objects=cfg.max_objects,
-                             holdout=cfg.holdout, heldout=heldout) for i in range(n)]
+                             holdout=cfg.holdout, heldout=heldout, object_weights=weights) for i in range(n)]
     images = match_channels(render_batch(scenes, cfg.image_size), cfg.channels)
     return ImageSet(
         images=images,
@@ -398,7 +425,7 @@ def load_shapes(cfg: DataConfig) -> ImageSet:
         captions=[s.caption() for s in scenes],
         specs=scenes,
         meta={"name": "shapes", "split": cfg.split, "seed": cfg.seed, "num_items": cfg.num_items,
-              "max_objects": cfg.max_objects,
+              "max_objects": cfg.max_objects, "object_weights": cfg.object_weights,
               "holdout": cfg.holdout, "held_out_combinations": HOLDOUTS[cfg.holdout].to_dict(),
               "compositions": cfg.compositions,
               "license": "none: generated by genforge, no third-party content"},
