@@ -180,6 +180,10 @@ def test_object_weights_set_the_share_of_each_object_count():
     assert S.scene_for_item(7, max_objects=3) == S.scene_for_item(7, max_objects=3, object_weights=None)
     ds = load_dataset(DataConfig(name="shapes", num_items=40, max_objects=2, object_weights=[0, 1]))
     assert all(len(sc.objects) == 2 for sc in ds.specs) and ds.meta["object_weights"] == [0, 1]
+    # The weights shape training only: the test split is the same for every run, so scores compare.
+    test = load_dataset(DataConfig(name="shapes", split="test", num_items=40, max_objects=2, object_weights=[0, 1]))
+    plain = load_dataset(DataConfig(name="shapes", split="test", num_items=40, max_objects=2))
+    assert test.specs == plain.specs and {len(sc.objects) for sc in test.specs} == {1, 2}
 
 
 @pytest.mark.parametrize("weights", [[1, 1], [1, -1, 1], [0, 0, 0]])

@@ -415,6 +415,8 @@ def load_shapes(cfg: DataConfig) -> ImageSet:
     n = cfg.num_items if cfg.limit is None else min(cfg.limit, cfg.num_items)
     heldout = _heldout_filter(cfg)
     weights = object_count_weights(cfg.max_objects, cfg.object_weights)
+    if cfg.split != "train":
+        weights = None  # a training emphasis: test scenes stay uniform, so scores compare across runs
     scenes = [scene_for_item(i, seed=cfg.seed, split=cfg.split, max_objects=cfg.max_objects,
                              holdout=cfg.holdout, heldout=heldout, object_weights=weights) for i in range(n)]
     images = match_channels(render_batch(scenes, cfg.image_size), cfg.channels)
