@@ -61,6 +61,19 @@ def test_heldout_combinations_never_in_train():
         _video(num_items=2, holdout="default", compositions="heldout")
 
 
+def test_object_weights_shape_the_train_clips_only():
+    two = _video(num_items=12, frames=8, object_weights=[0, 1])
+    assert all(len(s.objects) == 2 for s in two.column("spec")) and two.meta["object_weights"] == [0, 1]
+    # the weights are the clips' shares: a collision redraws the layout, not the count
+    counts = [len(video_scene_for_item(i, object_weights=[1, 1]).objects) for i in range(800)]
+    assert abs(counts.count(1) / 800 - 0.5) < 0.07  # binomial sd at n=800 is 0.018
+    assert video_scene_for_item(3) == video_scene_for_item(3, object_weights=None)  # unweighted: the old stream
+    test = _video(num_items=12, frames=8, split="test", object_weights=[0, 1])
+    assert test.column("spec") == _video(num_items=12, frames=8, split="test").column("spec")
+    with pytest.raises(GenforgeError, match="object_weights needs 2 non-negative weights"):
+        _video(num_items=2, frames=8, object_weights=[1, 1, 1])
+
+
 def test_bad_configs():
     with pytest.raises(GenforgeError, match="max_objects=1 or 2"):
         load_dataset(DataConfig(name="shapes_video", num_items=2))  # the default 3 is for shapes

@@ -212,6 +212,19 @@ def object_count_weights(max_objects: int, weights: Optional[Sequence[float]]) -
     return w
 
 
+def draw_object_count(randrange: Callable[[int], int], rand: Callable[[], float], max_objects: int,
+                      weights: Optional[tuple[float, ...]]) -> int:
+    """1..max_objects: uniform (one ``randrange`` draw, as the streams always drew it) or by checked
+    ``weights`` (one ``rand`` draw; zero-weight counts are never chosen)."""
+    if weights is None:
+        return 1 + randrange(max_objects)
+    u, n, acc = rand() * sum(weights), 0, weights[0]
+    while n < max_objects - 1 and u >= acc:
+        n += 1
+        acc += weights[n]
+    return n + 1
+
+
 def random_scene(rng: RngLike = None, max_objects: int = 3, background_prob: float = 0.3,
                  object_weights: Optional[Sequence[float]] = None) -> Scene:
     """A scene of 1..max_objects objects on distinct cells; a named background with ``background_prob``.
@@ -226,14 +239,7 @@ def random_scene(rng: RngLike = None, max_objects: int = 3, background_prob: flo
     names = list(BACKGROUNDS)
     background = names[randrange(len(names))] if rand() < background_prob else None
     colors = [c for c in COLORS if background is not None or c != "black"]
-    if weights is None:
-        n = 1 + randrange(max_objects)
-    else:
-        u, n, acc = rand() * sum(weights), 0, weights[0]
-        while n < max_objects - 1 and u >= acc:  # zero-weight counts are stepped over, never chosen
-            n += 1
-            acc += weights[n]
-        n += 1
+    n = draw_object_count(randrange, rand, max_objects, weights)
     cells = list(range(GRID * GRID))
     objs = []
     for k in range(n):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
-from typing import Any, Optional, Union
+from typing import Any, Optional, Sequence, Union
 
 import torch
 
@@ -22,7 +22,8 @@ from ..config import DataConfig
 from ..errors import GenforgeError
 from ..registry import register_dataset
 from . import Examples
-from .shapes import BACKGROUNDS, COLORS, GRID, RADIUS, SHAPES, SIZES, RngLike, _choose, _heldout_filter, _rng_ops
+from .shapes import (BACKGROUNDS, COLORS, GRID, RADIUS, SHAPES, SIZES, RngLike, _choose, _heldout_filter, _rng_ops,
+                     draw_object_count, object_count_weights)
 from .video_render import render_clip, render_frame  # noqa: F401  (part of this module's API)
 from .video_text import MotionSpec, parse_video_caption, verb  # noqa: F401  (part of this module's API)
 
@@ -285,19 +286,26 @@ def random_moving_obj(rng: RngLike, frames: int, colors: list[str]) -> MovingObj
 
 
 def random_video_scene(rng: RngLike = None, max_objects: int = 2, frames: int = 16,
-                       background_prob: float = 0.3) -> VideoScene:
-    """A clip of 1..max_objects (<= 2) moving objects; layouts that collide are drawn again."""
+                       background_prob: float = 0.3, object_weights: Optional[Sequence[float]] = None) -> VideoScene:
+    """A clip of 1..max_objects (<= 2) moving objects; layouts that collide are drawn again.
+
+    Without ``object_weights`` a collision redraws the object count too, so the stream (kept as it
+    always was) favours one-object clips: about 5 in 6 at 16 frames. With them (relative weights
+    of 1..max_objects objects, as in ``shapes.random_scene``) the count is drawn once and only the
+    layout again, so the weights are the clips' shares."""
     if not 1 <= max_objects <= 2:
         raise GenforgeError(f"shapes_video draws 1 or 2 objects per clip; set data.max_objects=1 or 2 "
                             f"(got {max_objects})")
+    weights = object_count_weights(max_objects, object_weights)
     if rng is None or isinstance(rng, int):
         rng = random.Random(rng)
     randrange, rand = _rng_ops(rng)
+    count = None if weights is None else draw_object_count(randrange, rand, max_objects, weights)
     for _ in range(_MAX_DRAWS):
         names = list(BACKGROUNDS)
         background = names[randrange(len(names))] if rand() < background_prob else None
         colors = [c for c in COLORS if background is not None or c != "black"]
-        n = 1 + randrange(max_objects)
+        n = count or 1 + randrange(max_objects)
         objs = tuple(random_moving_obj(rng, frames, colors) for _ in range(n))
         tracks = tuple(o.track(frames) for o in objs)
         if not _layout_problem(objs, tracks):
@@ -336,7 +344,8 @@ VIDEO_HOLDOUTS: dict[str, VideoHoldout] = {
 
 def video_scene_for_item(index: int, seed: int = 0, split: str = "train", max_objects: int = 2,
                          frames: int = 16, background_prob: float = 0.3, holdout: Union[str, VideoHoldout] = "none",
-                         heldout: Optional[bool] = None) -> VideoScene:
+                         heldout: Optional[bool] = None,
+                         object_weights: Optional[Sequence[float]] = None) -> VideoScene:
     """Item ``index`` of the (seed, split) stream; ``heldout`` as in ``shapes.scene_for_item``."""
     rule = holdout if isinstance(holdout, VideoHoldout) else None
     if rule is None:
@@ -344,7 +353,8 @@ def video_scene_for_item(index: int, seed: int = 0, split: str = "train", max_ob
         rule = VIDEO_HOLDOUTS[holdout]
     rng = random.Random(f"genforge.shapes_video/{split}/{seed}/{index}")
     for _ in range(_MAX_DRAWS):
-        scene = random_video_scene(rng, max_objects=max_objects, frames=frames, background_prob=background_prob)
+        scene = random_video_scene(rng, max_objects=max_objects, frames=frames, background_prob=background_prob,
+                                   object_weights=object_weights)
         if heldout is None or bool(rule.matches(scene)) == heldout:
             return scene
     raise GenforgeError(f"no clip in {_MAX_DRAWS} draws fits holdout={holdout!r} with heldout={heldout}")
@@ -363,14 +373,18 @@ def load_shapes_video(cfg: DataConfig) -> Examples:
         raise GenforgeError("shapes_video clips are colour (the motion checker reads colours); drop data.channels=1")
     n = cfg.num_items if cfg.limit is None else min(cfg.limit, cfg.num_items)
     heldout = _heldout_filter(cfg)  # the same rules for splits and compositions as shapes
+    # object weights shape training only, as for shapes
+    weights = object_count_weights(cfg.max_objects, cfg.object_weights) if cfg.split == "train" else None
     scenes = [video_scene_for_item(i, seed=cfg.seed, split=cfg.split, max_objects=cfg.max_objects,
-                                   frames=cfg.frames, holdout=cfg.holdout, heldout=heldout) for i in range(n)]
+                                   frames=cfg.frames, holdout=cfg.holdout, heldout=heldout,
+                                   object_weights=weights) for i in range(n)]
     frames = torch.empty((n, cfg.frames, 3, cfg.image_size, cfg.image_size), dtype=torch.uint8)
     for i, sc in enumerate(scenes):
         frames[i] = render_clip(sc, cfg.image_size)
     return Examples(
         frames=frames, caption=[s.caption() for s in scenes], spec=scenes,
         meta={"name": "shapes_video", "split": cfg.split, "seed": cfg.seed, "num_items": cfg.num_items,
-              "frames": cfg.frames, "fps": cfg.fps, "max_objects": cfg.max_objects, "holdout": cfg.holdout,
+              "frames": cfg.frames, "fps": cfg.fps, "max_objects": cfg.max_objects,
+              "object_weights": cfg.object_weights, "holdout": cfg.holdout,
               "held_out_combinations": VIDEO_HOLDOUTS[cfg.holdout].to_dict(), "compositions": cfg.compositions,
               "license": "none: generated by genforge, no third-party content"})
