@@ -39,10 +39,11 @@ class DataConfig(_Strict):
     seed: int = Field(0, description="seed of procedural datasets")
     max_objects: int = Field(3, ge=1, le=9, description="shapes: at most this many objects per scene "
                              "(each scene has 1..max_objects, uniformly unless object_weights says)")
-    object_weights: Optional[list[float]] = Field(None, description="shapes: relative weights of scenes "
-                                                  "with 1, 2, ... max_objects objects in the train split (e.g. "
-                                                  "[1, 3]: three two-object scenes to each one-object scene; "
-                                                  "the test split stays uniform); null: uniform")
+    object_weights: Optional[list[float]] = Field(None, description="shapes, shapes_video: relative weights "
+                                                  "of scenes with 1, 2, ... max_objects objects in the train "
+                                                  "split (e.g. [1, 3]: three two-object scenes to each "
+                                                  "one-object scene; the test split stays as it is); null: "
+                                                  "the stream's own counts")
     holdout: Literal["none", "default"] = Field("none", description="shapes: attribute and relation "
                                                 "combinations kept out of training (default: green "
                                                 "triangles, orange rings, a star directly below a ring; "
