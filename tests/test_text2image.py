@@ -141,3 +141,25 @@ def test_text2image_resume_is_exact(tmp_path):
     cfg = load_config(None, TINY_T2I + ["train.steps=4", "train.ckpt_every=2", "train.ema_decay=0.9",
                                         "task_params.cond_drop=0.3", "task_params.eval_prompts=0"])
     assert_resume_exact(cfg, tmp_path, stop_at=2)
+
+
+def test_fid_of_a_text2image_run_draws_one_image_per_reference_caption(run, monkeypatch):
+    from genforge.errors import GenforgeError
+    from genforge.eval.runner import fid_for_run
+    from genforge.pipelines.text2image import TextToImagePipeline
+
+    asked = []
+    real_generate = TextToImagePipeline.generate
+
+    def spy(self, *a, **kw):
+        asked.append(kw.get("prompt"))
+        return real_generate(self, *a, **kw)
+
+    monkeypatch.setattr(TextToImagePipeline, "generate", spy)
+    rep = fid_for_run(str(run), n=6, steps=2, device="cpu", guidance=2.0)
+    test = load_config(None, TINY_T2I).data.model_copy(update={"split": "test", "limit": 6})
+    from genforge.data import load_dataset
+    assert asked == [load_dataset(test).column("caption")]  # the reference images' own captions
+    assert rep["n_fake"] == 6 and rep["guidance"] == 2.0 and rep["prompts"] and rep["fid"] >= 0
+    with pytest.raises(GenforgeError, match="no captions"):
+        fid_for_run(str(run), n=6, steps=2, device="cpu", data="digits")

@@ -66,15 +66,25 @@ def fid_for_run(run_dir: str, data: Optional[str] = None, data_path: Optional[st
     from ..pipelines.image import ImagePipeline
     from . import fid_report
 
+    from ..pipelines.text2image import TextToImagePipeline
+
     pipe = load_pipeline(run_dir, device=device)
-    if not isinstance(pipe, ImagePipeline):
-        raise GenforgeError(f"{run_dir} is a {pipe.cfg.task!r} run; FID needs a gan or diffusion run")
+    prompted = isinstance(pipe, TextToImagePipeline)
+    if not isinstance(pipe, ImagePipeline) and not prompted:
+        raise GenforgeError(f"{run_dir} is a {pipe.cfg.task!r} run; FID needs a gan, diffusion or text-to-image run")
     dcfg = pipe.cfg.data.model_copy(update={"split": split, "flip": False, "limit": n})
     if data is not None:
         dcfg = dcfg.model_copy(update={"name": data})
     if data_path is not None:
         dcfg = dcfg.model_copy(update={"path": data_path})
     ref = load_dataset(dcfg)
+    ask: dict = {}
+    if prompted:  # one image per reference image's own caption: FID of what the captions describe
+        captions = ref.columns.get("caption")
+        if not captions:
+            raise GenforgeError(f"FID of a text-to-image run draws one image per reference caption, and "
+                                f"{dcfg.name!r} has no captions; pick captioned reference data (--data)")
+        n, ask = len(captions), {"prompt": list(captions)}
     held_out = bool(ref.meta.get("held_out", split == "test"))
     if not held_out:
         warnings.warn(f"the reference images are {dcfg.name!r}'s training images (split {split!r}"
@@ -91,9 +101,9 @@ def fid_for_run(run_dir: str, data: Optional[str] = None, data_path: Optional[st
     t0 = time.time()
     from ..train.logging import step_progress
 
-    with step_progress("generate", n_chunks=-(-n // 64), enabled=pipe.kind == "diffusion") as report:
+    with step_progress("generate", n_chunks=-(-n // 64), enabled=pipe.kind == "diffusion" or prompted) as report:
         fake = to_uint8(pipe.generate(n=n, seed=seed, steps=steps, sampler=sampler, guidance=guidance,
-                                      progress=report))
+                                      progress=report, **ask))
     gen_s = time.time() - t0
     with torch.no_grad():
         f_real = net.features(ref.images)
@@ -105,6 +115,10 @@ def fid_for_run(run_dir: str, data: Optional[str] = None, data_path: Optional[st
         info.update(sampler=sampler, steps=steps)
         if pipe.conditional:
             info.update(guidance=guidance)
+    elif prompted:
+        info.update(prompts="the reference images' captions", guidance=guidance)
+        if pipe.cfg.task == "text2image":
+            info.update(sampler=sampler, steps=steps)
     info.update(class_accuracy(pipe, net, fake, n))
     return fid_report(f_real, f_fake, net.name, **info)
 
