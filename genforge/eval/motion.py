@@ -210,7 +210,7 @@ def verify_clip(frames: Any, spec: Any) -> dict[str, Any]:
             "shape": float(np.mean(shape_ok)) >= FRAME_SHARE,
             "color": float(np.mean(color_ok)) >= FRAME_SHARE,
             "size": float(np.mean(size_ok)) >= FRAME_SHARE,
-            "kind": observed.split()[0] == want["label"].split()[0],
+            "kind": motion_kind(observed) == motion_kind(want["label"]),
             "motion": observed == want["label"],
         })
     result: dict[str, Any] = {
@@ -224,6 +224,11 @@ def verify_clip(frames: Any, spec: Any) -> dict[str, Any]:
     result["identity_frames"] = float(frame_ok.mean())
     result["objects"] = per_object
     return result
+
+
+def motion_kind(label: str) -> str:
+    """The kind of a motion label: 'move' of 'move up left', 'bounce' of 'bounce left and right'."""
+    return label.split()[0]
 
 
 def _clips(clips: Any) -> list[Any]:
@@ -253,7 +258,7 @@ def verify_clips(clips: Any, specs: Sequence[Any]) -> dict[str, Any]:
         by_objects[str(k)] = {"n": len(picked), "all_correct": sum(r["all_correct"] for r in picked) / len(picked)}
     by_motion: dict[str, dict[str, Any]] = {}  # per asked motion kind, over every object asked to do it
     for o in (o for r in results for o in r["objects"]):
-        entry = by_motion.setdefault(o["expected"]["label"].split()[0], {"n": 0, "motion": 0})
+        entry = by_motion.setdefault(motion_kind(o["expected"]["label"]), {"n": 0, "motion": 0})
         entry["n"] += 1
         entry["motion"] += o["motion"]
     for entry in by_motion.values():
