@@ -212,6 +212,13 @@ def object_count_weights(max_objects: int, weights: Optional[Sequence[float]]) -
     return w
 
 
+def train_object_weights(cfg: DataConfig) -> Optional[tuple[float, ...]]:
+    """``cfg.object_weights`` checked, for the train split; None for any other split, whose scenes stay
+    as the stream draws them, so runs trained with different weights are scored on the same scenes."""
+    weights = object_count_weights(cfg.max_objects, cfg.object_weights)
+    return weights if cfg.split == "train" else None
+
+
 def draw_object_count(randrange: Callable[[int], int], rand: Callable[[], float], max_objects: int,
                       weights: Optional[tuple[float, ...]]) -> int:
     """1..max_objects: uniform (one ``randrange`` draw, as the streams always drew it) or by checked
@@ -420,9 +427,7 @@ def load_shapes(cfg: DataConfig) -> ImageSet:
     """``cfg.num_items`` scenes (the first ``cfg.limit``); split 'test' is a separate stream."""
     n = cfg.num_items if cfg.limit is None else min(cfg.limit, cfg.num_items)
     heldout = _heldout_filter(cfg)
-    weights = object_count_weights(cfg.max_objects, cfg.object_weights)
-    if cfg.split != "train":
-        weights = None  # a training emphasis: test scenes stay uniform, so scores compare across runs
+    weights = train_object_weights(cfg)
     scenes = [scene_for_item(i, seed=cfg.seed, split=cfg.split, max_objects=cfg.max_objects,
                              holdout=cfg.holdout, heldout=heldout, object_weights=weights) for i in range(n)]
     images = match_channels(render_batch(scenes, cfg.image_size), cfg.channels)

@@ -23,7 +23,7 @@ from ..errors import GenforgeError
 from ..registry import register_dataset
 from . import Examples
 from .shapes import (BACKGROUNDS, COLORS, GRID, RADIUS, SHAPES, SIZES, RngLike, _choose, _heldout_filter, _rng_ops,
-                     draw_object_count, object_count_weights)
+                     draw_object_count, object_count_weights, train_object_weights)
 from .video_render import render_clip, render_frame  # noqa: F401  (part of this module's API)
 from .video_text import MotionSpec, parse_video_caption, verb  # noqa: F401  (part of this module's API)
 
@@ -373,8 +373,7 @@ def load_shapes_video(cfg: DataConfig) -> Examples:
         raise GenforgeError("shapes_video clips are colour (the motion checker reads colours); drop data.channels=1")
     n = cfg.num_items if cfg.limit is None else min(cfg.limit, cfg.num_items)
     heldout = _heldout_filter(cfg)  # the same rules for splits and compositions as shapes
-    # object weights shape training only, as for shapes
-    weights = object_count_weights(cfg.max_objects, cfg.object_weights) if cfg.split == "train" else None
+    weights = train_object_weights(cfg)
     scenes = [video_scene_for_item(i, seed=cfg.seed, split=cfg.split, max_objects=cfg.max_objects,
                                    frames=cfg.frames, holdout=cfg.holdout, heldout=heldout,
                                    object_weights=weights) for i in range(n)]

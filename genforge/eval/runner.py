@@ -64,9 +64,8 @@ def fid_for_run(run_dir: str, data: Optional[str] = None, data_path: Optional[st
                 seed: int = 0, device: str = "auto", guidance: float = 1.0) -> dict:
     from ..pipelines import load_pipeline
     from ..pipelines.image import ImagePipeline
-    from . import fid_report
-
     from ..pipelines.text2image import TextToImagePipeline
+    from . import fid_report
 
     pipe = load_pipeline(run_dir, device=device)
     prompted = isinstance(pipe, TextToImagePipeline)
