@@ -8,7 +8,11 @@ prompt is judged on its relation, not on cells it never named. Also: images/s fo
 pipeline's default steps and guidance, and peak RSS.
 
     python bench/text2image.py [RUN_DIR] [--gan TEXTGAN_RUN] [--prompts 64] [--guidance 1,2,3,5]
-                               [--rprecision CLIP_RUN [--rprecision-guidance 2] [--r 100]]
+                               [--layout grid|off] [--rprecision CLIP_RUN [--rprecision-guidance 2] [--r 100]]
+
+--layout: "off" leaves the objects' places to the model; "grid" plans them from the caption first
+(genforge/pipelines/layout.py), so a two-object prompt's relation holds by plan and the model draws
+each object at its cell; default: the run's (grid for models trained on shapes).
 
 --rprecision adds R-precision (genforge/eval/rprecision.py) per prompt set, judged by a contrastive
 run: of the generated images, and of the real test scenes the prompts describe (the ceiling).
@@ -101,6 +105,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None, help="denoising steps (default: the run's)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--layout", default=None, help="grid or off (default: the run's)")
     ap.add_argument("--name", default="text2image")
     ap.add_argument("--rprecision", default=None, metavar="CLIP_RUN", help="a contrastive run (e.g. clip-shapes) "
                     "to score R-precision with")
@@ -112,6 +117,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     pipe = genforge.load(args.run, device="cpu")
+    layout = pipe.default_layout = pipe.check_layout(args.layout)  # R-precision draws with it too
     real: dict = {}
     sets = prompt_sets(pipe.cfg, args.prompts, real)
     scales = [] if args.skip_verify else [float(g) for g in args.guidance.split(",")]
@@ -121,18 +127,20 @@ def main() -> None:
     quality: dict = {}
     for g in scales:
         quality[f"guidance_{g:g}"] = {
-            name: judge(pipe.generate(n=len(ps), seed=args.seed, prompt=ps, guidance=g, steps=args.steps), ps)
+            name: judge(pipe.generate(n=len(ps), seed=args.seed, prompt=ps, guidance=g, steps=args.steps,
+                                      layout=layout), ps)
             for name, ps in sets.items()}
         print(f"guidance {g:g}: " + ", ".join(f"{k} {v['all_correct']:.3f}"
                                                for k, v in quality[f"guidance_{g:g}"].items()), flush=True)
-    result = {"run": str(pipe.run_dir), "steps": args.steps or pipe.default_steps,
+    result = {"run": str(pipe.run_dir), "steps": args.steps or pipe.default_steps, "layout": layout,
               "default_guidance": pipe.default_guidance,
               "params": sum(p.numel() for p in pipe.model.parameters()),
               "prompts_per_set": {k: len(v) for k, v in sets.items()}, "quality": quality}
     if args.rprecision:
         result["rprecision"] = rp
     if not args.skip_verify:
-        result["speed_8_images_default"] = speed(pipe, sets["seen_two_objects"][0], steps=args.steps)
+        result["speed_8_images_default"] = speed(pipe, sets["seen_two_objects"][0], steps=args.steps,
+                                                 layout=layout)
     if args.gan:
         gan = genforge.load(args.gan, device="cpu")
         result["gan"] = {"run": str(gan.run_dir), "quality": {

@@ -98,6 +98,10 @@ def sample(
                                          "unconditional samples)."),
     negative_prompt: Optional[str] = typer.Option(None, "--negative-prompt", help="What guidance steers "
                                                   "away from instead of the empty prompt (text2image runs)."),
+    layout: Optional[str] = typer.Option(None, "--layout", help="grid: plan where the objects of a "
+                                         "multi-object shapes caption go, then draw each at its place; off: "
+                                         "leave it to the model (text2image runs; default: grid for models "
+                                         "trained on shapes, else off)."),
     frames: Optional[int] = typer.Option(None, "--frames", help="Frames per clip (video runs; default: the "
                                          "model's)."),
     fps: Optional[int] = typer.Option(None, "--fps", help="Playback frames per second (video runs; default: "
@@ -120,6 +124,8 @@ def sample(
         if target is not None:
             check_writable(target)
     pipe = load(run_dir, device=device, step=step, compile=compile_)
+    if layout is not None and (getattr(pipe, "kind", None) != "text2image" or pipe.cfg.task != "text2image"):
+        raise GenforgeError(f"{run_dir} is a {pipe.cfg.task!r} run: --layout needs a text2image diffusion run")
     if getattr(pipe, "kind", None) == "video":
         from .cli_video import sample_video
 
@@ -151,6 +157,8 @@ def sample(
     from .train.logging import step_progress
 
     words = {"prompt": prompt or "", "negative_prompt": negative_prompt} if text else {}
+    if layout is not None:
+        words["layout"] = layout
     with step_progress("sample", n_chunks=-(-n // 64), enabled=pipe.kind in ("diffusion", "text2image")) as report:
         images = to_uint8(pipe.generate(n=n, seed=seed, steps=steps, sampler=sampler, labels=lab,
                                         guidance=guidance if text or guidance is not None else 1.0,

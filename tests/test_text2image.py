@@ -99,7 +99,7 @@ def test_guidance_one_is_the_plain_conditional_forward(run):
 
     pipe = genforge.load(run, device="cpu")
     m = pipe.model
-    got = pipe.generate(n=2, seed=1, prompt=PROMPT, guidance=1.0, steps=3)
+    got = pipe.generate(n=2, seed=1, prompt=PROMPT, guidance=1.0, steps=3, layout="off")
     ids, mask = pipe._tokens([PROMPT] * 2)
     sched = m.make_scheduler("dpm++")
     sched.set_timesteps(3)
@@ -108,7 +108,8 @@ def test_guidance_one_is_the_plain_conditional_forward(run):
         for t in sched.timesteps:
             x = sched.step(m(sched.scale_model_input(x, t), t.expand(2), ids, mask), t, x).prev_sample
     assert torch.allclose(got, x.clamp(-1, 1), atol=1e-5)
-    assert not torch.allclose(got, pipe.generate(n=2, seed=1, prompt=PROMPT, guidance=3.0, steps=3), atol=1e-3)
+    assert not torch.allclose(got, pipe.generate(n=2, seed=1, prompt=PROMPT, guidance=3.0, steps=3, layout="off"),
+                              atol=1e-3)
 
 
 def test_prompt_warnings_and_refusals(run):

@@ -40,6 +40,7 @@ def score_video_run(pipe, n: int = 32, guidance: Optional[float] = None, steps: 
     import warnings
 
     from ..data.transforms import to_uint8
+    from ..pipelines.video import MAX_CLIPS
     from .fvd import fvd, no_feature_net_note
 
     sets = composition_sets(pipe.cfg, n) if sets is None else sets
@@ -60,8 +61,11 @@ def score_video_run(pipe, n: int = 32, guidance: Optional[float] = None, steps: 
         t0 = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # unknown-word notes: held-out words are the point here
-            clips = to_uint8(pipe.generate(n=len(captions), prompt=captions, seed=seed, steps=steps,
-                                           guidance=guidance, batch_size=batch_size))
+            # the pipeline draws at most MAX_CLIPS per call; each chunk seeds from its first index
+            clips = to_uint8(torch.cat([
+                pipe.generate(n=len(part), prompt=part, seed=seed + i, steps=steps, guidance=guidance,
+                              batch_size=batch_size)
+                for i in range(0, len(captions), MAX_CLIPS) for part in [captions[i:i + MAX_CLIPS]]]))
         spent += time.perf_counter() - t0
         made += len(captions)
         real = data.column("frames")

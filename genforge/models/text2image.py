@@ -120,6 +120,46 @@ class TextToImageModel(nn.Module):
         """
         return self.denoise_loop(noise, cond, uncond, guidance, steps, sampler, generator, progress).clamp(-1, 1)
 
+    @torch.no_grad()
+    def sample_regions(
+        self,
+        noise: torch.Tensor,
+        regions: Tokens,
+        masks: torch.Tensor,
+        uncond: Tokens,
+        guidance: float = 1.0,
+        steps: int = 12,
+        sampler: str = "dpm++",
+        generator: Optional[torch.Generator] = None,
+        progress: Optional[Callable[[int, int], None]] = None,
+    ) -> torch.Tensor:
+        """Images drawn region by region, each region from its own text (layout-planned sampling,
+        ``pipelines/layout.py``). ``regions``: ids and keep-masks (B, K, L), K texts per image;
+        ``masks`` (B, K, 1, H, W) in [0, 1], where each text applies (all zeros: an unused slot).
+        Every step predicts for ``uncond`` and each region's text in one batched forward; a region's
+        guided prediction counts inside its mask (averaged where masks overlap) and the mean of the
+        image's regions everywhere outside them, where every region's text asks for background."""
+        ids, keep = regions
+        b, k = ids.shape[:2]
+        width = max(ids.shape[2], uncond[0].shape[1])
+        all_ids = torch.cat([_pad(uncond[0], width), _pad(ids.flatten(0, 1), width)])
+        all_keep = torch.cat([_pad(uncond[1], width), _pad(keep.flatten(0, 1), width)])
+        states = self.encode_text(all_ids, all_keep)
+        masks = masks.to(noise)
+        cover = masks.sum(1)
+        used = (masks.flatten(2).amax(2) > 0).to(noise)
+        share = (used / used.sum(1, keepdim=True).clamp_min(1)).view(b, k, 1, 1, 1)
+
+        def predict(inp: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            both = torch.cat([inp, inp.repeat_interleave(k, 0)])
+            out = self.denoise(both, t.expand(both.shape[0]), states, all_keep)
+            u, c = out[:b].unsqueeze(1), out[b:].view(b, k, *out.shape[1:])
+            guided = u + guidance * (c - u)
+            inside = (masks * guided).sum(1) / cover.clamp_min(1e-6)
+            return torch.where(cover > 0, inside, (share * guided).sum(1))
+
+        return self._loop(noise, predict, steps, sampler, generator, progress).clamp(-1, 1)
+
     def denoise_loop(self, noise: torch.Tensor, cond: Tokens, uncond: Optional[Tokens], guidance: float,
                      steps: int, sampler: str, generator: Optional[torch.Generator],
                      progress: Optional[Callable[[int, int], None]],
@@ -134,20 +174,24 @@ class TextToImageModel(nn.Module):
             ids = torch.cat([_pad(ids, width), _pad(uncond[0], width)])
             mask = torch.cat([_pad(mask, width), _pad(uncond[1], width)])
         states = self.encode_text(ids, mask)
+
+        def predict(inp: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            if not guided:
+                return self.denoise(inp, t.expand(inp.shape[0]), states, mask)
+            c, u = self.denoise(torch.cat([inp, inp]), t.expand(2 * inp.shape[0]), states, mask).chunk(2)
+            return u + guidance * (c - u)
+
+        return self._loop(noise, predict, steps, sampler, generator, progress, before_step)
+
+    def _loop(self, noise, predict, steps, sampler, generator, progress, before_step=None) -> torch.Tensor:
+        """The sampler's steps over ``predict(model_input, t)``."""
         sched = self.make_scheduler(sampler)
         sched.set_timesteps(steps, device=noise.device)
         x = noise * sched.init_noise_sigma
         for i, t in enumerate(sched.timesteps):
             if before_step is not None:
                 before_step(x, t)
-            inp = sched.scale_model_input(x, t)
-            if guided:
-                both = self.denoise(torch.cat([inp, inp]), t.expand(2 * x.shape[0]), states, mask)
-                c, u = both.chunk(2)
-                pred = u + guidance * (c - u)
-            else:
-                pred = self.denoise(inp, t.expand(x.shape[0]), states, mask)
-            x = sched.step(pred, t, x, generator=generator).prev_sample
+            x = sched.step(predict(sched.scale_model_input(x, t), t), t, x, generator=generator).prev_sample
             if progress is not None:
                 progress(i + 1, len(sched.timesteps))
         return x

@@ -22,6 +22,7 @@ from ..text.encoders import minilm_tokenizer
 from ..text.tokenizer import FILENAME, TextTokenizer
 from . import Pipeline
 from .image import ImagePipeline
+from .layout import LAYOUTS, plan, region_masks
 
 MAX_PROMPT_CHARS = 2000  # far beyond any context; longer input is refused, not tokenised
 
@@ -50,6 +51,9 @@ class TextToImagePipeline(Pipeline):
         tp = cfg.task_params or {}
         self.default_steps = int(tp.get("sample_steps", 12))
         self.default_guidance = float(tp.get("sample_guidance", 2.0))
+        # layout-planned sampling (pipelines/layout.py) reads the shapes grammar, so it is the
+        # default only for models trained on shapes captions
+        self.default_layout = "grid" if cfg.data.name == "shapes" else "off"
 
     @property
     def kind(self) -> str:
@@ -134,13 +138,42 @@ class TextToImagePipeline(Pipeline):
         if steps < 1:
             raise GenforgeError(f"steps must be at least 1, got {steps}")
 
+    def check_layout(self, layout: Optional[str]) -> str:
+        layout = self.default_layout if layout is None else layout
+        if layout not in LAYOUTS:
+            raise GenforgeError(f"unknown layout {layout!r}; choose one of: {', '.join(LAYOUTS)}")
+        return layout
+
+    def sample_rows(self, noise: torch.Tensor, prompts: Sequence[str], negatives: Sequence[str], guidance: float,
+                    steps: int, sampler: str, generator: torch.Generator, layout: str, seeds: Sequence[int],
+                    progress: Optional[Callable[[int, int], None]] = None) -> torch.Tensor:
+        """One denoising run for a batch: one prompt, negative text and seed per row of ``noise``.
+        With ``layout="grid"``, rows whose prompt plans into regions (``layout.plan``, drawn with
+        the row's seed) are drawn region by region, and the others with their whole prompt in the
+        same batch."""
+        dev = self.device
+        uncond = tuple(t.to(dev) for t in self._tokens(list(negatives)))
+        plans = [plan(p, s, self.model.image_size) for p, s in zip(prompts, seeds)] if layout == "grid" else []
+        if any(plans):
+            texts, masks = region_masks(plans, list(prompts), self.model.image_size)
+            ids, keep = self._tokens([t for row in texts for t in row])
+            regions = (ids.view(len(texts), -1, ids.shape[1]).to(dev), keep.view(len(texts), -1, keep.shape[1]).to(dev))
+            return self.model.sample_regions(noise.to(dev), regions, masks.to(dev), uncond, guidance=guidance,
+                                             steps=steps, sampler=sampler, generator=generator, progress=progress)
+        cond = tuple(t.to(dev) for t in self._tokens(list(prompts)))
+        return self.model.sample(noise.to(dev), cond, uncond, guidance=guidance, steps=steps, sampler=sampler,
+                                 generator=generator, progress=progress)
+
     @torch.no_grad()
     def generate(self, n: int = 1, seed: int = 0, steps: Optional[int] = None, sampler: str = "dpm++",
                  prompt: str | Sequence[str] = "", negative_prompt: Optional[str] = None,
                  guidance: Optional[float] = None, batch_size: int = 64,
-                 progress: Optional[Callable[[int, int], None]] = None, labels=None) -> torch.Tensor:
+                 progress: Optional[Callable[[int, int], None]] = None, labels=None,
+                 layout: Optional[str] = None) -> torch.Tensor:
         """Float images in [-1, 1], (n, C, H, W), on the CPU. A list ``prompt`` gives one prompt
-        per image; ``negative_prompt`` replaces the empty prompt as what guidance steers away from."""
+        per image; ``negative_prompt`` replaces the empty prompt as what guidance steers away from.
+        ``layout``: "grid" plans the places of a multi-object shapes caption's objects before
+        drawing (``pipelines/layout.py``), "off" leaves them to the model; default: the run's."""
         if labels:
             raise GenforgeError(f"{self.run_dir.name} takes a prompt, not labels")
         if n < 1:
@@ -148,22 +181,21 @@ class TextToImagePipeline(Pipeline):
         steps = self.default_steps if steps is None else steps
         guidance = self.default_guidance if guidance is None else guidance
         self.check_sampling(steps, sampler, guidance, seed)
+        layout = self.check_layout(layout)
         if batch_size < 1:
             raise GenforgeError(f"batch_size must be at least 1, got {batch_size}")
         prompts = self.prompt_list(prompt, negative_prompt, n, "images")
         self.warn_prompts(prompts, negative_prompt, "images")
         noise = self.draw_noise(n, seed)
-        m, out = self.model, []
+        out = []
         # guidance only matters where the prompt differs from what it is steered away from
         guided = guidance != 1.0 and (any(p.strip() for p in prompts) or bool(negative_prompt))
         for i in range(0, n, batch_size):
             chunk = prompts[i:i + batch_size]
-            cond = tuple(t.to(self.device) for t in self._tokens(chunk))
-            uncond = tuple(t.to(self.device) for t in self._tokens([negative_prompt or ""] * len(chunk)))
             gen = torch.Generator(self.device).manual_seed(seed + i)
-            x = m.sample(noise[i:i + batch_size].to(self.device), cond, uncond,
-                         guidance=guidance if guided else 1.0, steps=steps, sampler=sampler,
-                         generator=gen, progress=progress)
+            x = self.sample_rows(noise[i:i + batch_size], chunk, [negative_prompt or ""] * len(chunk),
+                                 guidance if guided else 1.0, steps, sampler, gen, layout,
+                                 [seed + i + j for j in range(len(chunk))], progress)
             out.append(x.float().cpu())
         return torch.cat(out)
 

@@ -34,6 +34,7 @@ class TextGANPipeline(TextToImagePipeline):
         # no defaults to fill in: callers that pass None for steps/guidance mean "not given"
         self.default_steps = None
         self.default_guidance = None
+        self.default_layout = "off"  # a GAN draws the whole image in one pass: no regions to plan
 
     def check_sampling(self, steps, sampler, guidance=1.0, seed=0) -> None:
         # only what is refused for every GAN (a bad seed or guidance value); steps and sampler mean nothing here

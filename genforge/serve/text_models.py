@@ -26,7 +26,6 @@ from ..pipelines.caption import CaptionPipeline
 from ..pipelines.text2image import TextToImagePipeline
 from ..pipelines.textgan import TextGANPipeline
 from ..tasks.caption import caption_batch
-from ..tasks.text2image import tokenize_prompts
 from .batching import Cancelled
 from .models import CHUNK_COST, JOB_CHUNK, ServedModel, encode_images, serves
 
@@ -48,6 +47,7 @@ class TextItem:
     read_as: Optional[str] = None  # the text the model reads, when it differs from the prompt
     noise: Optional[torch.Tensor] = None  # given by jobs and split requests, drawn up front
     step_seed: Optional[int] = None
+    first_row: int = 0  # a split request's chunk: its first image's index (layout plans are seeded per image)
     progress: Optional[Callable[[int, int], None]] = None
     cancel: Optional[threading.Event] = None
 
@@ -130,16 +130,14 @@ class TextImageGenerator(ServedModel):
         return max(1, min(item.n, self.settings.max_batch_size, per))
 
     def _sample(self, noise: torch.Tensor, prompts: list[str], negatives: list[str], item: TextItem,
-                seed: int, progress: Callable[[int, int], None]) -> torch.Tensor:
-        """The pipeline's own sampling, with noise and texts given per row."""
+                seed: int, progress: Callable[[int, int], None], rows: list[int]) -> torch.Tensor:
+        """The pipeline's own sampling, with noise, texts and (for layout plans) seeds given per row."""
         pipe, dev = self.pipe, self.pipe.device
         if self.gan:
             return pipe.model.generate(noise.to(dev), pipe.tokens(prompts).to(dev)).float().cpu()
-        cond = tuple(t.to(dev) for t in tokenize_prompts(prompts, pipe.params, pipe.tokenizer, warn_cut=False))
-        uncond = tuple(t.to(dev) for t in tokenize_prompts(negatives, pipe.params, pipe.tokenizer, warn_cut=False))
         gen = torch.Generator(dev).manual_seed(seed)
-        return pipe.model.sample(noise.to(dev), cond, uncond, guidance=item.guidance, steps=item.steps,
-                                 sampler=item.sampler, generator=gen, progress=progress).float().cpu()
+        return pipe.sample_rows(noise, prompts, negatives, item.guidance, item.steps, item.sampler, gen,
+                                pipe.default_layout, rows, progress).float().cpu()
 
     @torch.no_grad()
     def run_batch(self, items: Sequence[TextItem]) -> list[torch.Tensor]:
@@ -148,6 +146,7 @@ class TextImageGenerator(ServedModel):
                            for it in items])
         prompts = [p for it in items for p in [it.prompt] * it.n]
         negatives = [p for it in items for p in [it.negative or ""] * it.n]
+        rows = [it.seed + it.first_row + j for it in items for j in range(it.n)]
         step_seed = head.seed if head.step_seed is None else head.step_seed
         report = head.progress if len(items) == 1 else None
 
@@ -158,7 +157,7 @@ class TextImageGenerator(ServedModel):
                 report(i, total)
 
         with self.forward_lock:
-            x = self._sample(noise, prompts, negatives, head, step_seed, step)
+            x = self._sample(noise, prompts, negatives, head, step_seed, step, rows)
         return list(to_uint8(x).split([it.n for it in items]))
 
     async def generate(self, item: TextItem, force: bool = False, output_format: str = "png") -> list[bytes]:
@@ -175,7 +174,7 @@ class TextImageGenerator(ServedModel):
                 for i in range(0, item.n, k):
                     m = min(k, item.n - i)
                     chunk = dataclasses.replace(item, n=m, noise=noise[i:i + m], step_seed=item.seed,
-                                                progress=None)
+                                                first_row=i, progress=None)
                     parts.append(await self.batcher.submit(chunk, m, None, force=force))
                 x = torch.cat(parts)
         except asyncio.CancelledError:
