@@ -63,6 +63,7 @@ def test_models_are_listed_with_their_kind(client, keys):
         "t2i": "text-to-image", "textgan": "text-to-image", "cap": "image-captioning", "tiny-gan": "image-generation"}
     assert listed["t2i"]["size"] == "16x16" and listed["t2i"]["context"] == 12
     assert listed["t2i"]["default_steps"] == 3 and "dpm++" in listed["t2i"]["samplers"]
+    assert listed["t2i"]["default_layout"] == "grid" and listed["textgan"]["default_layout"] == "off"
     assert listed["textgan"]["samplers"] == [] and listed["cap"]["max_length"] == 12
 
 
@@ -80,6 +81,12 @@ def test_prompt_generation_equals_the_pipeline(client, keys, all_runs):
     got = [d["b64_json"] for d in r.json()["data"]]
     assert got == expected_b64(all_runs["t2i"], 2, 5, prompt=PROMPT, **req)
     assert got != [d["b64_json"] for d in body["data"]]
+    # the model places a two-object prompt's objects itself with layout off (default here: planned)
+    r = client.post("/v1/images/generations", json={"model": "t2i", "prompt": PROMPT, "n": 2, "seed": 5,
+                                                    "layout": "off"}, headers=h)
+    off = [d["b64_json"] for d in r.json()["data"]]
+    assert off == expected_b64(all_runs["t2i"], 2, 5, prompt=PROMPT, layout="off")
+    assert off != [d["b64_json"] for d in body["data"]]
     r = client.post("/v1/images/generations", json={"model": "textgan", "prompt": PROMPT, "n": 3, "seed": 1},
                     headers=h)
     assert [d["b64_json"] for d in r.json()["data"]] == expected_b64(all_runs["textgan"], 3, 1, prompt=PROMPT)
@@ -118,6 +125,12 @@ def test_prompt_problems_are_explained(client, keys, all_runs):
     assert r.status_code == 422 and "negative" in r.json()["error"]["message"]
     r = client.post("/v1/images/generations", json={"model": "tiny-gan", "negative_prompt": "b"}, headers=h)
     assert r.status_code == 422 and r.json()["error"]["param"] == "negative_prompt"
+    r = client.post("/v1/images/generations", json={"model": "tiny-gan", "layout": "grid"}, headers=h)
+    assert r.status_code == 422 and r.json()["error"]["param"] == "layout"
+    r = client.post("/v1/images/generations", json={"model": "textgan", "prompt": "a", "layout": "grid"}, headers=h)
+    assert r.status_code == 422 and "GAN" in r.json()["error"]["message"]
+    r = gen(prompt="a", layout="boxes")
+    assert r.status_code == 422 and r.json()["error"]["param"] == "layout"
     r = gen(prompt="a", size="32x32")
     assert r.status_code == 422 and r.json()["error"]["param"] == "size" and "16x16" in r.text
     r = gen(prompt="a", sampler="euler")

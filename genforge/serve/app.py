@@ -399,9 +399,10 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
         if text_gen is not None:
             return await text_generations(text_gen, body, request, settings)
         gen: ImageGenerator = state["models"].get(body.model, ImageGenerator.kind)
-        if body.negative_prompt is not None:
-            raise _ApiError(422, f"model {gen.id!r} takes no negative_prompt (only text-to-image models "
-                                 "do); leave it out", "invalid_value", "negative_prompt")
+        for extra in ("negative_prompt", "layout"):
+            if getattr(body, extra) is not None:
+                raise _ApiError(422, f"model {gen.id!r} takes no {extra} (only text-to-image models do); "
+                                     "leave it out", "invalid_value", extra)
         _note(request, settings, model=gen.id, n=body.n, prompt=body.prompt)
         want = f"{gen.image_size}x{gen.image_size}"
         if body.size is not None and body.size != want:
@@ -457,7 +458,7 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     async def create_job(body: JobRequest, request: Request, key: KeyRecord = Depends(require("generate"))):
         if body.type == "text2image":
             return await create_text_job(state, settings, body, request, key)
-        if body.params.prompt is not None or body.params.negative_prompt is not None:
+        if any(v is not None for v in (body.params.prompt, body.params.negative_prompt, body.params.layout)):
             raise _ApiError(422, "params.prompt: samples jobs take labels; send a prompt to a text-to-image "
                                  "model with \"type\": \"text2image\"", "invalid_value", "params.prompt")
         gen: ImageGenerator = state["models"].get(body.params.model, ImageGenerator.kind)

@@ -34,6 +34,10 @@ class ImageGenerationRequest(_Sampling):
     prompt: Optional[str] = Field(None, max_length=MAX_PROMPT_CHARS)
     negative_prompt: Optional[str] = Field(None, max_length=MAX_PROMPT_CHARS, description="Text-to-image "
                                            "models: what guidance steers away from.")
+    layout: Optional[Literal["grid", "off"]] = Field(None, description="Text-to-image diffusion: grid "
+                                                     "plans where a multi-object shapes caption's objects go "
+                                                     "before drawing them; off leaves it to the model. "
+                                                     "Omitted: the model's default.")
     guidance: Optional[float] = Field(None, ge=0.0, le=50.0, description="Classifier-free guidance scale "
                                       "(class-conditional and text-to-image diffusion). Omitted: 1 (none) "
                                       "for class-conditional models, the model's own default for "
@@ -80,6 +84,10 @@ class SamplesJobParams(SamplesRequest):
     prompt: Optional[str] = Field(None, max_length=MAX_PROMPT_CHARS, description="Jobs of type "
                                   "text2image: the text to draw.")
     negative_prompt: Optional[str] = Field(None, max_length=MAX_PROMPT_CHARS)
+    layout: Optional[Literal["grid", "off"]] = Field(None, description="Text-to-image diffusion: grid "
+                                                     "plans where a multi-object shapes caption's objects go "
+                                                     "before drawing them; off leaves it to the model. "
+                                                     "Omitted: the model's default.")
 
 
 class JobRequest(_Body):

@@ -43,6 +43,7 @@ class TextItem:
     steps: Optional[int]
     sampler: str
     guidance: float  # the scale actually applied: 1 where guidance would change nothing
+    layout: str = "off"  # how a multi-object caption's objects are placed (pipelines/layout.py)
     warnings: list[str] = field(default_factory=list)
     read_as: Optional[str] = None  # the text the model reads, when it differs from the prompt
     noise: Optional[torch.Tensor] = None  # given by jobs and split requests, drawn up front
@@ -73,11 +74,12 @@ class TextImageGenerator(ServedModel):
     def details(self) -> dict:
         return {"task": self.pipe.cfg.task, "architecture": self.pipe.cfg.model.name, "size": self.size,
                 "context": self.pipe.context, "samplers": [] if self.gan else list(SAMPLERS),
-                "default_steps": self.pipe.default_steps, "default_guidance": self.pipe.default_guidance}
+                "default_steps": self.pipe.default_steps, "default_guidance": self.pipe.default_guidance,
+                "default_layout": self.pipe.default_layout}
 
     def prepare(self, n: int, seed: int, prompt: str, negative: Optional[str] = None,
                 steps: Optional[int] = None, sampler: str = "dpm++",
-                guidance: Optional[float] = None) -> TextItem:
+                guidance: Optional[float] = None, layout: Optional[str] = None) -> TextItem:
         """Check a request before it is queued (one bad request cannot fail a merged batch) and
         collect what the response says about its prompt."""
         notes: list[str] = []
@@ -91,15 +93,19 @@ class TextImageGenerator(ServedModel):
             if ignored:
                 notes.append(f"{' and '.join(ignored)} ignored: a GAN makes its images in one pass")
             self.pipe.check_sampling(None, None, guidance, seed)
-            steps, guidance = None, 1.0
+            if layout == "grid":
+                raise GenforgeError(f"{self.id} is a GAN: it draws the whole image in one pass, with no regions "
+                                    "to lay out; leave layout out")
+            steps, guidance, layout = None, 1.0, "off"
         else:
+            layout = self.pipe.check_layout(layout)
             steps = self.pipe.default_steps if steps is None else steps
             guidance = self.pipe.default_guidance if guidance is None else guidance
             self.pipe.check_sampling(steps, sampler, guidance, seed)
         notes += self.pipe.check_prompt([prompt] + ([negative] if negative else []))
         if not self.gan and not (prompt.strip() or negative):
             guidance = 1.0  # as the pipeline: guiding from the empty text towards itself changes nothing
-        return TextItem(n, seed, prompt, negative, steps, sampler, float(guidance),
+        return TextItem(n, seed, prompt, negative, steps, sampler, float(guidance), layout,
                         warnings=list(dict.fromkeys(notes)), read_as=self.read_as(prompt))
 
     def read_as(self, prompt: str) -> Optional[str]:
@@ -121,7 +127,7 @@ class TextImageGenerator(ServedModel):
             return ("gan",)
         if item.sampler in _STOCHASTIC:
             return None
-        return (item.sampler, item.steps, item.guidance)
+        return (item.sampler, item.steps, item.guidance, item.layout)
 
     def chunk_size(self, item: TextItem) -> int:
         if item.noise is not None or (not self.gan and item.sampler in _STOCHASTIC):
@@ -137,7 +143,7 @@ class TextImageGenerator(ServedModel):
             return pipe.model.generate(noise.to(dev), pipe.tokens(prompts).to(dev)).float().cpu()
         gen = torch.Generator(dev).manual_seed(seed)
         return pipe.sample_rows(noise, prompts, negatives, item.guidance, item.steps, item.sampler, gen,
-                                pipe.default_layout, rows, progress).float().cpu()
+                                item.layout, rows, progress).float().cpu()
 
     @torch.no_grad()
     def run_batch(self, items: Sequence[TextItem]) -> list[torch.Tensor]:

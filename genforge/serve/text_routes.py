@@ -57,7 +57,8 @@ async def text_generations(gen: TextImageGenerator, body: ImageGenerationRequest
                         "invalid_size", "size")
     seed, steps = _seed(body.seed), _steps(gen, body)
     with _param("prompt"):
-        item = gen.prepare(body.n, seed, prompt, body.negative_prompt, steps, body.sampler, body.guidance)
+        item = gen.prepare(body.n, seed, prompt, body.negative_prompt, steps, body.sampler, body.guidance,
+                           body.layout)
     _check_cost(gen, body.n, steps, settings.max_request_cost)
     files = await _while_connected(request, gen.generate(item, output_format=body.output_format))
     data = [{"b64_json": b, "revised_prompt": item.read_as} for b in _b64(files)]
@@ -77,7 +78,7 @@ async def create_text_job(state: dict, settings: Settings, body: JobRequest, req
                         "invalid_value", "params.n")
     steps = _steps(gen, p)
     with _param("params.prompt"):  # refuse now, not when the job runs
-        gen.prepare(p.n, 0, p.prompt or "", p.negative_prompt, steps, p.sampler, p.guidance)
+        gen.prepare(p.n, 0, p.prompt or "", p.negative_prompt, steps, p.sampler, p.guidance, p.layout)
     _note(request, settings, model=gen.id, n=p.n, prompt=p.prompt)
     # seed and steps are fixed now, so a job re-run after a crash makes the same images (a GAN has
     # no steps: its params leave them out)
@@ -97,7 +98,8 @@ def text_job_handler(state: dict) -> Callable[[dict, Callable[[float], None]], A
             gen = state["models"].get(p.model, TextImageGenerator.kind)
         except ModelNotFound as e:  # queued before a restart that dropped the model
             raise GenforgeError(f"{e}; restart the server with it to run this job") from None
-        item = gen.prepare(p.n, p.seed, p.prompt or "", p.negative_prompt, _steps(gen, p), p.sampler, p.guidance)
+        item = gen.prepare(p.n, p.seed, p.prompt or "", p.negative_prompt, _steps(gen, p), p.sampler, p.guidance,
+                           p.layout)
         pngs = await gen.generate_job(item, progress)
         return {"model": gen.id, "seed": p.seed, "size": gen.size, "prompt": p.prompt or "",
                 "warnings": item.warnings, "images": _b64(pngs)}
