@@ -102,3 +102,17 @@ def test_cli_layout(pipe, cli, tmp_path):
     code, _, err = cli("sample", pipe.run_dir, "--prompt", TWO, "--steps", 1, "--layout", "boxes",
                        "--grid", tmp_path / "h.png")
     assert code == 2 and "unknown layout" in err and not (tmp_path / "h.png").exists()
+
+
+def test_planned_prompts_are_checked_as_the_model_reads_them(pipe):
+    three = TWO + ", which is to the left of a small green ring"  # 'which' never in 1-2 object captions
+
+    def notes(layout):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            pipe.generate(n=1, prompt=three, steps=1, layout=layout)
+        return " ".join(str(w.message) for w in caught)
+
+    assert "'which'" in notes("off") and "'which'" not in notes("grid")
+    assert pipe.read_texts(three, "grid")[2].startswith("a small green ring ")
+    assert pipe.read_texts(three, "off") == [three] and pipe.read_texts("a cat", "grid") == ["a cat"]

@@ -98,9 +98,17 @@ class TextToImagePipeline(Pipeline):
             raise GenforgeError(f"negative_prompt must be a string, got {type(negative_prompt).__name__}")
         return prompts
 
-    def warn_prompts(self, prompts: list[str], negative_prompt, things: str) -> None:
-        """A warning for each note ``check_prompt`` has on the prompts or the negative prompt."""
-        for note in self.check_prompt(list(prompts) + ([negative_prompt] if negative_prompt else [])):
+    def read_texts(self, prompt: str, layout: str = "off") -> list[str]:
+        """What the model reads for ``prompt``: each object's own caption where the layout plans it
+        (the planner has read the rest), else the prompt."""
+        regions = plan(prompt, 0, self.model.image_size) if layout == "grid" else None
+        return [r.prompt for r in regions] if regions else [prompt]
+
+    def warn_prompts(self, prompts: list[str], negative_prompt, things: str, layout: str = "off") -> None:
+        """A warning for each note ``check_prompt`` has on the texts the model reads for the prompts
+        or the negative prompt."""
+        texts = [t for p in dict.fromkeys(prompts) for t in self.read_texts(p, layout)]
+        for note in self.check_prompt(texts + ([negative_prompt] if negative_prompt else [])):
             warnings.warn(note.replace("these images are", f"these {things} are")
                           .replace("the image will", f"the {things[:-1]} will"))
 
@@ -185,7 +193,7 @@ class TextToImagePipeline(Pipeline):
         if batch_size < 1:
             raise GenforgeError(f"batch_size must be at least 1, got {batch_size}")
         prompts = self.prompt_list(prompt, negative_prompt, n, "images")
-        self.warn_prompts(prompts, negative_prompt, "images")
+        self.warn_prompts(prompts, negative_prompt, "images", layout)
         noise = self.draw_noise(n, seed)
         out = []
         # guidance only matters where the prompt differs from what it is steered away from
