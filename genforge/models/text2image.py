@@ -127,30 +127,43 @@ class TextToImageModel(nn.Module):
         regions: Tokens,
         masks: torch.Tensor,
         uncond: Tokens,
+        cond: Tokens,
         guidance: float = 1.0,
         steps: int = 12,
         sampler: str = "dpm++",
         generator: Optional[torch.Generator] = None,
         progress: Optional[Callable[[int, int], None]] = None,
+        region_steps: Optional[int] = None,
     ) -> torch.Tensor:
         """Images drawn region by region, each region from its own text (layout-planned sampling,
         ``pipelines/layout.py``). ``regions``: ids and keep-masks (B, K, L), K texts per image;
         ``masks`` (B, K, 1, H, W) in [0, 1], where each text applies (all zeros: an unused slot).
-        Every step predicts for ``uncond`` and each region's text in one batched forward; a region's
-        guided prediction counts inside its mask (averaged where masks overlap) and the mean of the
-        image's regions everywhere outside them, where every region's text asks for background."""
+        The first ``region_steps`` steps (default: half) predict for ``uncond`` and each region's
+        text in one batched forward; a region's guided prediction counts inside its mask (averaged
+        where masks overlap) and the mean of the image's regions everywhere outside them, where
+        every region's text asks for background. By then the layout is set, and the remaining steps
+        are plain guided sampling of the whole text ``cond`` (ids, mask (B, L)): predictions stitched
+        from several texts left visible noise when used to the end."""
         ids, keep = regions
         b, k = ids.shape[:2]
-        width = max(ids.shape[2], uncond[0].shape[1])
+        width = max(ids.shape[2], uncond[0].shape[1], cond[0].shape[1])
         all_ids = torch.cat([_pad(uncond[0], width), _pad(ids.flatten(0, 1), width)])
         all_keep = torch.cat([_pad(uncond[1], width), _pad(keep.flatten(0, 1), width)])
         states = self.encode_text(all_ids, all_keep)
+        whole_keep = torch.cat([_pad(cond[1], width), _pad(uncond[1], width)])
+        whole = self.encode_text(torch.cat([_pad(cond[0], width), _pad(uncond[0], width)]), whole_keep)
+        region_steps = (steps + 1) // 2 if region_steps is None else region_steps
+        done = [0]
         masks = masks.to(noise)
         cover = masks.sum(1)
         used = (masks.flatten(2).amax(2) > 0).to(noise)
         share = (used / used.sum(1, keepdim=True).clamp_min(1)).view(b, k, 1, 1, 1)
 
         def predict(inp: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            done[0] += 1
+            if done[0] > region_steps:
+                c, u = self.denoise(torch.cat([inp, inp]), t.expand(2 * b), whole, whole_keep).chunk(2)
+                return u + guidance * (c - u)
             both = torch.cat([inp, inp.repeat_interleave(k, 0)])
             out = self.denoise(both, t.expand(both.shape[0]), states, all_keep)
             u, c = out[:b].unsqueeze(1), out[b:].view(b, k, *out.shape[1:])

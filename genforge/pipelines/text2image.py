@@ -99,10 +99,10 @@ class TextToImagePipeline(Pipeline):
         return prompts
 
     def read_texts(self, prompt: str, layout: str = "off") -> list[str]:
-        """What the model reads for ``prompt``: each object's own caption where the layout plans it
-        (the planner has read the rest), else the prompt."""
+        """What the model reads for ``prompt``: where the layout plans it, each object's own caption
+        and then the prompt (the last steps draw from the whole text), else the prompt."""
         regions = plan(prompt, 0, self.model.image_size) if layout == "grid" else None
-        return [r.prompt for r in regions] if regions else [prompt]
+        return [r.prompt for r in regions] + [prompt] if regions else [prompt]
 
     def warn_prompts(self, prompts: list[str], negative_prompt, things: str, layout: str = "off") -> None:
         """A warning for each note ``check_prompt`` has on the texts the model reads for the prompts
@@ -161,14 +161,14 @@ class TextToImagePipeline(Pipeline):
         same batch."""
         dev = self.device
         uncond = tuple(t.to(dev) for t in self._tokens(list(negatives)))
+        cond = tuple(t.to(dev) for t in self._tokens(list(prompts)))
         plans = [plan(p, s, self.model.image_size) for p, s in zip(prompts, seeds)] if layout == "grid" else []
         if any(plans):
             texts, masks = region_masks(plans, list(prompts), self.model.image_size)
             ids, keep = self._tokens([t for row in texts for t in row])
             regions = (ids.view(len(texts), -1, ids.shape[1]).to(dev), keep.view(len(texts), -1, keep.shape[1]).to(dev))
-            return self.model.sample_regions(noise.to(dev), regions, masks.to(dev), uncond, guidance=guidance,
+            return self.model.sample_regions(noise.to(dev), regions, masks.to(dev), uncond, cond, guidance=guidance,
                                              steps=steps, sampler=sampler, generator=generator, progress=progress)
-        cond = tuple(t.to(dev) for t in self._tokens(list(prompts)))
         return self.model.sample(noise.to(dev), cond, uncond, guidance=guidance, steps=steps, sampler=sampler,
                                  generator=generator, progress=progress)
 

@@ -102,12 +102,12 @@ class TextImageGenerator(ServedModel):
             steps = self.pipe.default_steps if steps is None else steps
             guidance = self.pipe.default_guidance if guidance is None else guidance
             self.pipe.check_sampling(steps, sampler, guidance, seed)
-        read = [prompt] if self.gan else self.pipe.read_texts(prompt, layout)  # planned: each object's caption
+        read = [prompt] if self.gan else self.pipe.read_texts(prompt, layout)  # planned: + each object's caption
         notes += self.pipe.check_prompt(read + ([negative] if negative else []))
         if not self.gan and not (prompt.strip() or negative):
             guidance = 1.0  # as the pipeline: guiding from the empty text towards itself changes nothing
         return TextItem(n, seed, prompt, negative, steps, sampler, float(guidance), layout,
-                        warnings=list(dict.fromkeys(notes)), read_as=self.read_as(prompt) if read == [prompt] else None)
+                        warnings=list(dict.fromkeys(notes)), read_as=self.read_as(prompt))
 
     def read_as(self, prompt: str) -> Optional[str]:
         """The prompt as the model reads it when its context cut it, else None."""
