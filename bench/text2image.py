@@ -117,7 +117,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     pipe = genforge.load(args.run, device="cpu")
-    layout = pipe.default_layout = pipe.check_layout(args.layout)  # R-precision draws with it too
+    layout = pipe.default_layout = pipe.check_layout(args.layout)  # every draw below uses it
     real: dict = {}
     sets = prompt_sets(pipe.cfg, args.prompts, real)
     scales = [] if args.skip_verify else [float(g) for g in args.guidance.split(",")]
@@ -127,8 +127,7 @@ def main() -> None:
     quality: dict = {}
     for g in scales:
         quality[f"guidance_{g:g}"] = {
-            name: judge(pipe.generate(n=len(ps), seed=args.seed, prompt=ps, guidance=g, steps=args.steps,
-                                      layout=layout), ps)
+            name: judge(pipe.generate(n=len(ps), seed=args.seed, prompt=ps, guidance=g, steps=args.steps), ps)
             for name, ps in sets.items()}
         print(f"guidance {g:g}: " + ", ".join(f"{k} {v['all_correct']:.3f}"
                                                for k, v in quality[f"guidance_{g:g}"].items()), flush=True)
@@ -139,8 +138,7 @@ def main() -> None:
     if args.rprecision:
         result["rprecision"] = rp
     if not args.skip_verify:
-        result["speed_8_images_default"] = speed(pipe, sets["seen_two_objects"][0], steps=args.steps,
-                                                 layout=layout)
+        result["speed_8_images_default"] = speed(pipe, sets["seen_two_objects"][0], steps=args.steps)
     if args.gan:
         gan = genforge.load(args.gan, device="cpu")
         result["gan"] = {"run": str(gan.run_dir), "quality": {

@@ -124,7 +124,7 @@ def sample(
         if target is not None:
             check_writable(target)
     pipe = load(run_dir, device=device, step=step, compile=compile_)
-    if layout is not None and (getattr(pipe, "kind", None) != "text2image" or pipe.cfg.task != "text2image"):
+    if layout is not None and pipe.cfg.task != "text2image":
         raise GenforgeError(f"{run_dir} is a {pipe.cfg.task!r} run: --layout needs a text2image diffusion run")
     if getattr(pipe, "kind", None) == "video":
         from .cli_video import sample_video

@@ -110,7 +110,7 @@ def fid_for_run(run_dir: str, data: Optional[str] = None, data_path: Optional[st
     info = {"run_dir": str(pipe.run_dir), "dataset": dcfg.name, "split": split, "reference_held_out": held_out,
             "seed": seed,
             "generate_seconds": round(gen_s, 2)}
-    if prompted and getattr(pipe, "default_layout", "off") != "off":
+    if prompted and pipe.default_layout != "off":
         info["layout"] = pipe.default_layout  # how the prompts' objects were placed (pipelines/layout.py)
     if pipe.cfg.task == "diffusion":
         info.update(sampler=sampler, steps=steps)

@@ -153,17 +153,14 @@ class TextToImageModel(nn.Module):
         whole_keep = torch.cat([_pad(cond[1], width), _pad(uncond[1], width)])
         whole = self.encode_text(torch.cat([_pad(cond[0], width), _pad(uncond[0], width)]), whole_keep)
         region_steps = (steps + 1) // 2 if region_steps is None else region_steps
-        done = [0]
         masks = masks.to(noise)
         cover = masks.sum(1)
         used = (masks.flatten(2).amax(2) > 0).to(noise)
         share = (used / used.sum(1, keepdim=True).clamp_min(1)).view(b, k, 1, 1, 1)
 
-        def predict(inp: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            done[0] += 1
-            if done[0] > region_steps:
-                c, u = self.denoise(torch.cat([inp, inp]), t.expand(2 * b), whole, whole_keep).chunk(2)
-                return u + guidance * (c - u)
+        def predict(inp: torch.Tensor, t: torch.Tensor, i: int) -> torch.Tensor:
+            if i >= region_steps:
+                return self._guided(inp, t, whole, whole_keep, guidance)
             both = torch.cat([inp, inp.repeat_interleave(k, 0)])
             out = self.denoise(both, t.expand(both.shape[0]), states, all_keep)
             u, c = out[:b].unsqueeze(1), out[b:].view(b, k, *out.shape[1:])
@@ -188,23 +185,29 @@ class TextToImageModel(nn.Module):
             mask = torch.cat([_pad(mask, width), _pad(uncond[1], width)])
         states = self.encode_text(ids, mask)
 
-        def predict(inp: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        def predict(inp: torch.Tensor, t: torch.Tensor, i: int) -> torch.Tensor:
             if not guided:
                 return self.denoise(inp, t.expand(inp.shape[0]), states, mask)
-            c, u = self.denoise(torch.cat([inp, inp]), t.expand(2 * inp.shape[0]), states, mask).chunk(2)
-            return u + guidance * (c - u)
+            return self._guided(inp, t, states, mask, guidance)
 
         return self._loop(noise, predict, steps, sampler, generator, progress, before_step)
 
+    def _guided(self, inp: torch.Tensor, t: torch.Tensor, states: torch.Tensor, mask: torch.Tensor,
+                guidance: float) -> torch.Tensor:
+        """Classifier-free guidance in one batched forward: ``states`` and ``mask`` hold the
+        conditional texts, then the unconditional ones, one of each per row of ``inp``."""
+        c, u = self.denoise(torch.cat([inp, inp]), t.expand(2 * inp.shape[0]), states, mask).chunk(2)
+        return u + guidance * (c - u)
+
     def _loop(self, noise, predict, steps, sampler, generator, progress, before_step=None) -> torch.Tensor:
-        """The sampler's steps over ``predict(model_input, t)``."""
+        """The sampler's steps over ``predict(model_input, t, step_index)``."""
         sched = self.make_scheduler(sampler)
         sched.set_timesteps(steps, device=noise.device)
         x = noise * sched.init_noise_sigma
         for i, t in enumerate(sched.timesteps):
             if before_step is not None:
                 before_step(x, t)
-            x = sched.step(predict(sched.scale_model_input(x, t), t), t, x, generator=generator).prev_sample
+            x = sched.step(predict(sched.scale_model_input(x, t), t, i), t, x, generator=generator).prev_sample
             if progress is not None:
                 progress(i + 1, len(sched.timesteps))
         return x

@@ -20,14 +20,15 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Optional
+from typing import Literal, Optional, get_args
 
 import torch
 
 from ..data.shapes import GRID, Obj, Scene, relation
 from ..errors import GenforgeError
 
-LAYOUTS = ("grid", "off")
+Layout = Literal["grid", "off"]
+LAYOUTS: tuple[str, ...] = get_args(Layout)
 
 
 @dataclass(frozen=True)

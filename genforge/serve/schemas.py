@@ -2,12 +2,16 @@
 from __future__ import annotations
 
 import re
-from typing import Literal, Optional, Union
+from typing import Annotated, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..pipelines.image import MAX_SEED
+from ..pipelines.layout import Layout
 Sampler = Literal["ddpm", "ddim", "dpm++", "dpm++sde"]
+LayoutParam = Annotated[Optional[Layout], Field(description="Text-to-image diffusion: grid plans where a "
+                                                "multi-object shapes caption's objects go before drawing them; "
+                                                "off leaves it to the model. Omitted: the model's default.")]
 MAX_PROMPT_CHARS = 1000  # a bound on the request; the model's token context cuts far sooner
 
 
@@ -34,10 +38,7 @@ class ImageGenerationRequest(_Sampling):
     prompt: Optional[str] = Field(None, max_length=MAX_PROMPT_CHARS)
     negative_prompt: Optional[str] = Field(None, max_length=MAX_PROMPT_CHARS, description="Text-to-image "
                                            "models: what guidance steers away from.")
-    layout: Optional[Literal["grid", "off"]] = Field(None, description="Text-to-image diffusion: grid "
-                                                     "plans where a multi-object shapes caption's objects go "
-                                                     "before drawing them; off leaves it to the model. "
-                                                     "Omitted: the model's default.")
+    layout: LayoutParam = None
     guidance: Optional[float] = Field(None, ge=0.0, le=50.0, description="Classifier-free guidance scale "
                                       "(class-conditional and text-to-image diffusion). Omitted: 1 (none) "
                                       "for class-conditional models, the model's own default for "
@@ -84,10 +85,7 @@ class SamplesJobParams(SamplesRequest):
     prompt: Optional[str] = Field(None, max_length=MAX_PROMPT_CHARS, description="Jobs of type "
                                   "text2image: the text to draw.")
     negative_prompt: Optional[str] = Field(None, max_length=MAX_PROMPT_CHARS)
-    layout: Optional[Literal["grid", "off"]] = Field(None, description="Text-to-image diffusion: grid "
-                                                     "plans where a multi-object shapes caption's objects go "
-                                                     "before drawing them; off leaves it to the model. "
-                                                     "Omitted: the model's default.")
+    layout: LayoutParam = None
 
 
 class JobRequest(_Body):
