@@ -9,7 +9,12 @@ of 4 clips at the pipeline's defaults and peak RSS. FVD-<net> per set and guidan
 run; default: the shipped one, and without one the FVD lines are skipped with a note).
 
     python bench/video.py RUN_DIR [--clips 32] [--guidance 1,2,4] [--steps N] [--threads 2]
-                          [--feature-net RUN_DIR]
+                          [--feature-net RUN_DIR] [--layout paths|off]
+
+--layout: "off" leaves everything to the video model; "paths" (the default for shapes_video runs)
+plans each object's path from the caption and draws each object on its own
+(genforge/pipelines/video_layout.py), so directions, bounces and size changes hold by plan. Speed
+is also measured for a one-object and a two-object prompt.
 """
 from __future__ import annotations
 
@@ -29,15 +34,19 @@ from genforge.eval.fvd import default_video_feature_net, video_feature_net  # no
 from genforge.eval.video_gen import composition_sets, score_video_run  # noqa: E402
 
 
-def speed(pipe, prompt: str, n: int = 4, steps=None) -> dict:
+def speed(pipe, prompt: str, n: int = 4, steps=None, frames=None, repeats: int = 1) -> dict:
+    """Seconds for ``n`` clips of ``prompt`` (the median of ``repeats`` timings after a warm-up)."""
+    times = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        pipe.generate(n=1, prompt=prompt, steps=1)  # warm-up: first-call allocations
-        t0 = time.perf_counter()
-        pipe.generate(n=n, prompt=prompt, steps=steps)
-    dt = time.perf_counter() - t0
-    return {"clips": n, "frames": pipe.default_frames, "steps": steps or pipe.default_steps,
-            "seconds": round(dt, 3), "clips_per_s": round(n / dt, 4)}
+        pipe.generate(n=1, prompt=prompt, steps=1, frames=frames)  # warm-up: first-call allocations
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            pipe.generate(n=n, prompt=prompt, steps=steps, frames=frames)
+            times.append(time.perf_counter() - t0)
+    dt = sorted(times)[len(times) // 2]
+    return {"prompt": prompt, "clips": n, "frames": frames or pipe.default_frames, "steps": steps or pipe.default_steps,
+            "seconds": round(dt, 3), "clips_per_s": round(n / dt, 4), "all_seconds": [round(t, 3) for t in times]}
 
 
 def _set_line(name: str, scores: dict) -> str:
@@ -60,10 +69,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--name", default="video")
     ap.add_argument("--feature-net", default=None, help="video_classify run dir / shipped name for FVD")
+    ap.add_argument("--layout", default=None, help="paths or off (default: the run's)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
     pipe = genforge.load(args.run, device="cpu")
+    layout = pipe.default_layout = pipe.check_layout(args.layout)  # every draw below uses it
     sets = composition_sets(pipe.cfg, args.clips)
     net = video_feature_net(args.feature_net, "cpu") if args.feature_net else default_video_feature_net("cpu")
     quality, fvd_note = {}, None
@@ -75,12 +86,17 @@ def main() -> None:
     if fvd_note:
         print(fvd_note, flush=True)
     first = next(iter(sets.values())).column("caption")[0]
-    save(args.name, {"run": str(pipe.run_dir), "steps": args.steps or pipe.default_steps,
+    pair = next((c for c in next(iter(sets.values())).column("caption") if " while " in c), None)
+    save(args.name, {"run": str(pipe.run_dir), "steps": args.steps or pipe.default_steps, "layout": layout,
+                     "first_frame_model": pipe.first_frame_model if layout == "paths" else None,
                      "frames": pipe.default_frames, "fps": pipe.fps,
                      "params": sum(p.numel() for p in pipe.model.parameters()),
                      "clips_per_set": {k: len(v) for k, v in sets.items()}, "quality": quality,
                      "fvd_feature_net": None if net is None else net.name, "fvd_note": fvd_note,
                      "speed_4_clips_default": speed(pipe, first, steps=args.steps),
+                     "speed_4_clips_two_objects": None if pair is None else speed(pipe, pair, steps=args.steps),
+                     "speed_16_frames": [speed(pipe, p, n=1, steps=args.steps, frames=16, repeats=3)
+                                         for p in [first] + ([pair] if pair else [])],
                      "peak_rss_mb": round(peak_rss_mb(), 1)})
 
 

@@ -101,7 +101,9 @@ def sample(
     layout: Optional[str] = typer.Option(None, "--layout", help="grid: plan where the objects of a "
                                          "multi-object shapes caption go, then draw each at its place; off: "
                                          "leave it to the model (text2image runs; default: grid for models "
-                                         "trained on shapes, else off)."),
+                                         "trained on shapes, else off). Video runs: paths (plan each "
+                                         "object's path, draw each object on its own; default for models "
+                                         "trained on shapes_video) or off."),
     frames: Optional[int] = typer.Option(None, "--frames", help="Frames per clip (video runs; default: the "
                                          "model's)."),
     fps: Optional[int] = typer.Option(None, "--fps", help="Playback frames per second (video runs; default: "
@@ -124,14 +126,15 @@ def sample(
         if target is not None:
             check_writable(target)
     pipe = load(run_dir, device=device, step=step, compile=compile_)
-    if layout is not None and pipe.cfg.task != "text2image":
-        raise GenforgeError(f"{run_dir} is a {pipe.cfg.task!r} run: --layout needs a text2image diffusion run")
+    if layout is not None and pipe.cfg.task not in ("text2image", "video"):
+        raise GenforgeError(f"{run_dir} is a {pipe.cfg.task!r} run: --layout needs a text2image diffusion run "
+                            "or a video run")
     if getattr(pipe, "kind", None) == "video":
         from .cli_video import sample_video
 
         return sample_video(pipe, n=n, seed=seed, steps=steps, sampler=sampler, guidance=guidance, labels=labels,
                             grid=grid, out_dir=out_dir, scale=scale, prompt=prompt, negative_prompt=negative_prompt,
-                            frames=frames, fps=fps, out=out, first_frame=first_frame)
+                            frames=frames, fps=fps, out=out, first_frame=first_frame, layout=layout)
     n = 16 if n is None else n
     given_video = [k for k, v in video_args.items() if v is not None]
     if given_video:

@@ -46,7 +46,8 @@ def read_first_frame(path: Path):
 def sample_video(pipe, *, n: Optional[int], seed: int, steps: Optional[int], sampler: Optional[str],
                  guidance: Optional[float], labels: Optional[str], grid: Optional[Path], out_dir: Optional[Path],
                  scale: int, prompt: Optional[str], negative_prompt: Optional[str], frames: Optional[int],
-                 fps: Optional[int], out: Optional[Path], first_frame: Optional[Path] = None) -> None:
+                 fps: Optional[int], out: Optional[Path], first_frame: Optional[Path] = None,
+                 layout: Optional[str] = None) -> None:
     """``genforge sample`` for a video run: --out FILE (.mp4/.gif/.png strip) and/or --grid (each clip's
     frames in a row); --first-frame IMAGE starts every clip from that image. Every argument is checked
     before sampling, so a refusal writes nothing."""
@@ -69,13 +70,14 @@ def sample_video(pipe, *, n: Optional[int], seed: int, steps: Optional[int], sam
     if not 1 <= fps <= 60:
         raise GenforgeError(f"--fps must be from 1 to 60, got {fps}")
     frames = pipe.check_frames(frames)
+    layout = pipe.check_layout(layout)
     steps = pipe.default_steps if steps is None else steps
     pipe.check_sampling(steps, sampler or "dpm++", pipe.default_guidance if guidance is None else guidance, seed)
     first = None if first_frame is None else read_first_frame(first_frame)
     with step_progress("sample") as report:
         clips = to_uint8(pipe.generate(n=n, seed=seed, steps=steps, sampler=sampler or "dpm++", prompt=prompt or "",
                                        negative_prompt=negative_prompt, guidance=guidance, frames=frames,
-                                       first_frame=first, progress=report))
+                                       first_frame=first, progress=report, layout=layout))
     written = []
     if out is not None:
         write_video(out, clips_side_by_side(clips), fps)

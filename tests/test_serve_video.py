@@ -82,7 +82,7 @@ def test_create_poll_download_and_survive_a_restart(tmp_path, runs, keys):
     ({"prompt": PROMPT, "seconds": "four"}, "seconds"), ({"prompt": PROMPT, "size": "720x1280"}, "size"),
     ({"prompt": PROMPT, "size": "big"}, None), ({"prompt": ""}, "prompt"), ({"seconds": "1"}, "prompt"),
     ({"prompt": PROMPT, "steps": 0}, "steps"), ({"prompt": PROMPT, "guidance": -1}, "guidance"),
-    ({"prompt": PROMPT, "model": "nope"}, "model"),
+    ({"prompt": PROMPT, "model": "nope"}, "model"), ({"prompt": PROMPT, "layout": "grid"}, "layout"),
 ])
 def test_bad_requests_are_4xx_json(tmp_path, runs, keys, body, param):
     with TestClient(create_app(_config(tmp_path, runs, keys))) as c:
@@ -125,3 +125,20 @@ def test_openai_client_creates_and_downloads_with_a_first_frame(tmp_path, runs, 
     (tmp_path / "c.mp4").write_bytes(data)
     frame0 = read_video(tmp_path / "c.mp4", size=16)[0].float()
     assert frame0[0].mean() > 200 and frame0[1:].mean() < 40  # the red first frame survived H.264
+
+
+def test_layout_is_listed_and_chosen_per_request(tmp_path, runs, keys):
+    import genforge
+    from genforge.serve.video_models import VideoGenerator
+
+    with TestClient(create_app(_config(tmp_path, runs, keys))) as c:
+        listed = {m["id"]: m for m in c.get("/v1/models", headers=auth(keys["gen"])).json()["data"]}
+        assert listed["video"]["default_layout"] == "paths"  # trained on shapes_video
+        ids = [c.post("/v1/videos", json={"prompt": PROMPT, "seconds": "1", "seed": 2, "steps": 1, "layout": lay},
+                      headers=auth(keys["gen"])).json()["id"] for lay in ("off", "paths")]
+        assert all(_wait(c, i, keys["gen"])["status"] == "completed" for i in ids)
+    gen = VideoGenerator.__new__(VideoGenerator)  # prepare() reads only the pipeline
+    gen.pipe = genforge.load(runs["video"], device="cpu")
+    assert gen.prepare(PROMPT, 1, 0, layout="off").layout == "off"
+    assert gen.prepare(PROMPT, 1, 0).layout == "paths"
+    assert gen.prepare(PROMPT, 1, 0, first=True).layout == "off"  # a given first frame fixes the start

@@ -256,19 +256,30 @@ def random_moving_obj(rng: RngLike, frames: int, colors: list[str]) -> MovingObj
         u -= p
     size = {"grow": "small", "shrink": "large"}.get(motion) or SIZES[randrange(len(SIZES))]
     shape, color = SHAPES[randrange(len(SHAPES))], colors[randrange(len(colors))]
+    kw = _place(randrange, rand, motion, size, frames)
+    if motion == "turn":
+        others = [c for c in colors if c != color]
+        kw["end_color"] = others[randrange(len(others))]
+    return MovingObj(shape=shape, color=color, size=size, motion=motion, **kw)
+
+
+def _place(randrange: Any, rand: Any, motion: str, size: str, frames: int,
+           direction: Optional[str] = None) -> dict[str, Any]:
+    """Start (x, y), direction and speed of an object doing ``motion``, drawn so that its whole path
+    stays on screen; ``direction``: a move's or bounce's, or None to draw one."""
     r = RADII["large" if motion == "grow" else size]
     lo, hi = r + MARGIN, 1 - r - MARGIN
     x, y = _uniform(rand, lo, hi), _uniform(rand, lo, hi)
     kw: dict[str, Any] = {"direction": None}
     if motion == "move":
-        d = DIRECTIONS[randrange(len(DIRECTIONS))]
+        d = direction or DIRECTIONS[randrange(len(DIRECTIONS))]
         dx, dy = _STEPS[d]
         # start where the whole path stays on screen: the far side for the moving axes
         x = _uniform(rand, lo, hi - TRAVEL) if dx > 0 else _uniform(rand, lo + TRAVEL, hi) if dx < 0 else x
         y = _uniform(rand, lo, hi - TRAVEL) if dy > 0 else _uniform(rand, lo + TRAVEL, hi) if dy < 0 else y
         kw["direction"] = d
     elif motion == "bounce":
-        d = DIRECTIONS[randrange(4)]
+        d = direction or DIRECTIONS[randrange(4)]
         dx, dy = _STEPS[d]
         span = hi - lo
         speed = max(BOUNCE_SPEED, 1.3 * span / (frames - 1))
@@ -279,10 +290,33 @@ def random_moving_obj(rng: RngLike, frames: int, colors: list[str]) -> MovingObj
         else:
             y = hi - d0 if dy > 0 else lo + d0
         kw.update(direction=d, speed=speed)
-    elif motion == "turn":
-        others = [c for c in colors if c != color]
-        kw["end_color"] = others[randrange(len(others))]
-    return MovingObj(shape=shape, color=color, size=size, x=x, y=y, motion=motion, **kw)
+    return {"x": x, "y": y, **kw}
+
+
+def plan_scene(spec: MotionSpec, frames: int, seed: int = 0) -> Optional[VideoScene]:
+    """A clip that does what ``spec`` (a parsed caption) says, with start places (and a bounce's
+    first direction) drawn with ``seed`` by the rules the data uses; None when no layout of
+    ``_MAX_DRAWS // 10`` tries keeps every path on screen and the objects apart, or the spec asks
+    for what no clip can show (a black object on the default black background, two objects
+    alike)."""
+    randrange, rand = _rng_ops(random.Random(f"genforge.shapes_video.plan/{seed}"))
+    for _ in range(_MAX_DRAWS // 10):
+        objs = []
+        for o in spec.objects:
+            motion, _, way = o["label"].partition(" ")
+            direction = {"horizontal": ("left", "right"), "vertical": ("up", "down")}.get(way)
+            direction = direction[randrange(2)] if direction else (way or None)
+            place = _place(randrange, rand, motion, o["size"], frames, direction)
+            try:
+                objs.append(MovingObj(shape=o["shape"], color=o["color"], size=o["size"], motion=motion,
+                                      end_color=o["end_color"], **place))
+            except GenforgeError:
+                return None
+        try:
+            return VideoScene(objects=tuple(objs), frames=frames, background=spec.background)
+        except GenforgeError:
+            continue
+    return None
 
 
 def random_video_scene(rng: RngLike = None, max_objects: int = 2, frames: int = 16,

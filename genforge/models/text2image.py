@@ -173,8 +173,11 @@ class TextToImageModel(nn.Module):
     def denoise_loop(self, noise: torch.Tensor, cond: Tokens, uncond: Optional[Tokens], guidance: float,
                      steps: int, sampler: str, generator: Optional[torch.Generator],
                      progress: Optional[Callable[[int, int], None]],
-                     before_step: Optional[Callable[[torch.Tensor, torch.Tensor], None]] = None) -> torch.Tensor:
-        """``sample``'s loop, unclamped; ``before_step(x, t)`` may edit ``x`` in place before each step."""
+                     before_step: Optional[Callable[[torch.Tensor, torch.Tensor], None]] = None,
+                     edit_x0: Optional[Callable[[torch.Tensor, int], torch.Tensor]] = None) -> torch.Tensor:
+        """``sample``'s loop, unclamped; ``before_step(x, t)`` may edit ``x`` in place before each step;
+        ``edit_x0(x0, i)`` returns an edited copy of step i's (guided) estimate of the clean sample,
+        which the step then moves towards instead."""
         ids, mask = cond
         guided = guidance != 1.0
         if guided:
@@ -187,10 +190,28 @@ class TextToImageModel(nn.Module):
 
         def predict(inp: torch.Tensor, t: torch.Tensor, i: int) -> torch.Tensor:
             if not guided:
-                return self.denoise(inp, t.expand(inp.shape[0]), states, mask)
-            return self._guided(inp, t, states, mask, guidance)
+                out = self.denoise(inp, t.expand(inp.shape[0]), states, mask)
+            else:
+                out = self._guided(inp, t, states, mask, guidance)
+            return out if edit_x0 is None else self._with_x0(inp, t, out, lambda x0: edit_x0(x0, i))
 
         return self._loop(noise, predict, steps, sampler, generator, progress, before_step)
+
+    def _with_x0(self, inp: torch.Tensor, t: torch.Tensor, out: torch.Tensor,
+                 edit: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """The model output ``out`` for the variance-preserving sample ``inp`` at timestep ``t``,
+        changed so that the clean sample it implies is ``edit(x0)`` instead of x0 (the noise it
+        implies changes with it; the sample ``inp`` stays as it is)."""
+        abar = self.train_scheduler.alphas_cumprod.to(inp.device)[int(round(float(t)))].to(inp.dtype)
+        a, s = abar.sqrt(), (1 - abar).sqrt()
+        kind = self.scheduler_config["prediction_type"]
+        x0 = a * inp - s * out if kind == "v_prediction" else (inp - s * out) / a if kind == "epsilon" else out
+        new = edit(x0)
+        if kind == "v_prediction":
+            return out + (x0 - new) / s
+        if kind == "epsilon":
+            return out + a * (x0 - new) / s
+        return new
 
     def _guided(self, inp: torch.Tensor, t: torch.Tensor, states: torch.Tensor, mask: torch.Tensor,
                 guidance: float) -> torch.Tensor:

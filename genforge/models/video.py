@@ -298,14 +298,27 @@ class VideoModel(TextToImageModel):
         generator: Optional[torch.Generator] = None,
         progress: Optional[Callable[[int, int], None]] = None,
         first_frame: Optional[torch.Tensor] = None,
+        paths: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """Denoise ``noise`` (B, T, C, H, W) into clips in [-1, 1] that match ``cond``, with
         classifier-free guidance as in ``TextToImageModel.sample``. ``first_frame`` (B, C, H, W) in
         [-1, 1] fixes frame 0 (image-to-video by replacement: at every step frame 0 is set to the
-        given image noised to the step's level, so the other frames are drawn consistent with it)."""
+        given image noised to the step's level, so the other frames are drawn consistent with it).
+        ``paths`` (B, T, 3): where a clip's one object is planned to be in each frame, as (x, y,
+        bounding radius) in px (NaN rows: not planned; ``pipelines/video_layout.py``): at every
+        step the model's estimate of each clean frame is moved there (``keep_to``)."""
+        edit = None
+        if paths is not None:
+            paths = paths.to(noise)
+            if paths.shape != (*noise.shape[:2], 3):
+                raise ValueError(f"paths must be (B, T, 3) for noise {tuple(noise.shape)}, got {tuple(paths.shape)}")
         if self.context_frames:
             return self._sample_frames(noise, cond, uncond, guidance, steps, sampler, generator, progress,
-                                       first_frame)
+                                       first_frame, paths)
+        if paths is not None:
+            def edit(x0: torch.Tensor, i: int) -> torch.Tensor:
+                return keep_to(x0.flatten(0, 1), paths.flatten(0, 1)).view_as(x0)
+
         fix = None
         if first_frame is not None:
             known = first_frame.to(noise)
@@ -314,14 +327,16 @@ class VideoModel(TextToImageModel):
             def fix(x: torch.Tensor, t: torch.Tensor) -> None:
                 x[:, 0] = _noised(fixed, known, noise[:, 0], t)
 
-        x = self.denoise_loop(noise, cond, uncond, guidance, steps, sampler, generator, progress, fix)
+        x = self.denoise_loop(noise, cond, uncond, guidance, steps, sampler, generator, progress, fix, edit)
         if first_frame is not None:
             x[:, 0] = known
         return x.clamp(-1, 1)
 
-    def _sample_frames(self, noise, cond, uncond, guidance, steps, sampler, generator, progress, first_frame):
+    def _sample_frames(self, noise, cond, uncond, guidance, steps, sampler, generator, progress, first_frame,
+                       paths=None):
         """Autoregressive sampling: frame i is a full denoising run with the frames before it (as
-        drawn, clamped to [-1, 1]) in its planes; ``first_frame`` is frame 0 as given."""
+        drawn, clamped to [-1, 1]) in its planes; ``first_frame`` is frame 0 as given; ``paths`` as
+        in ``sample``, frame by frame."""
         b, frames = noise.shape[:2]
         clip = torch.zeros_like(noise)
         start = 0
@@ -333,11 +348,110 @@ class VideoModel(TextToImageModel):
             for i in range(start, frames):
                 self._planes = self.planes(clip)[:, i]  # frames >= i are still zeros; planes of i read < i
                 report = None if progress is None else (lambda j, _n, i=i: progress(i * steps + j, total))
-                x = self.denoise_loop(noise[:, i], cond, uncond, guidance, steps, sampler, generator, report)
+                edit = None
+                if paths is not None:
+                    # frame 0 keeps the size the model draws; a later frame planned at another size
+                    # than frame 0 is scaled from frame 0 as drawn by the planned radii's ratio
+                    # (while off by more than WARP_MIN: close to it, only moved, so the model
+                    # redraws the scaled object sharp), on frame 0's background
+                    size = None
+                    if i:
+                        size = torch.stack([_gyration(f) for f in clip[:, 0]]) * paths[:, i, 2] / paths[:, 0, 2]
+
+                    still = None if i == 0 else clip[:, 0].flatten(2).median(-1).values  # its background
+
+                    def edit(x0, j, path=paths[:, i], size=size, still=still):
+                        # frame 0's background only at the last step: set at the start, a sharp
+                        # background around a still faint object made some frames draw none
+                        return keep_to(x0, path, size, still if j == steps - 1 else None)
+                x = self.denoise_loop(noise[:, i], cond, uncond, guidance, steps, sampler, generator, report,
+                                      edit_x0=edit)
                 clip[:, i] = x.clamp(-1, 1)
         finally:
             self._planes = None
         return clip
+
+
+WARP_MIN = 0.1  # keep_to scales an estimate only when its size is off by more than this share
+DRAWN = 0.3  # summed |x0 - background| over the channels (of 2 per channel) where something is drawn
+# A planned object's box reaches 1.15 times its bounding radius (a star's points reach 1.05, a
+# triangle's 1.15) plus this many px of anti-aliased rim from its centre.
+RIM = 1.0
+
+
+def box_masks(paths: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """0/1 masks (..., 1, h, w) of the boxes around planned objects ``paths`` (..., 3) of (x, y,
+    radius) in px; all ones where a path is NaN (not planned)."""
+    lead = paths.shape[:-1]
+    p = paths.reshape(-1, 3)
+    half = 1.15 * p[:, 2] + RIM
+    rows = torch.arange(h, device=p.device, dtype=p.dtype) + 0.5
+    cols = torch.arange(w, device=p.device, dtype=p.dtype) + 0.5
+    inside = ((rows[None, :, None] - p[:, 1, None, None]).abs() <= half[:, None, None]) & \
+             ((cols[None, None, :] - p[:, 0, None, None]).abs() <= half[:, None, None])
+    inside |= p.isnan().any(-1)[:, None, None]
+    return inside.to(paths.dtype).view(*lead, 1, h, w)
+
+
+def drawn(x: torch.Tensor) -> tuple[torch.Tensor, Optional[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]:
+    """One frame's estimate ``x`` (C, H, W): its background (per-channel median, (C, 1, 1)) and,
+    when something stands out from it by more than ``DRAWN``, that object's centre (row, column,
+    at pixel centres) and radius of gyration in px, over the pixels standing out by at least half
+    the most."""
+    bg = x.flatten(1).median(-1).values[:, None, None]
+    sal = (x - bg).abs().sum(0)
+    peak = sal.max()
+    if float(peak) <= DRAWN:
+        return bg, None
+    wt = (sal - 0.5 * peak).clamp_min(0)
+    wt = wt / wt.sum()
+    rows = torch.arange(x.shape[1], device=x.device, dtype=x.dtype)[:, None] + 0.5
+    cols = torch.arange(x.shape[2], device=x.device, dtype=x.dtype)[None, :] + 0.5
+    cy, cx = (wt * rows).sum(), (wt * cols).sum()
+    gyration = ((wt * ((rows - cy) ** 2 + (cols - cx) ** 2)).sum()).sqrt().clamp_min(0.5)
+    return bg, (cy, cx, gyration)
+
+
+def keep_to(x0: torch.Tensor, paths: torch.Tensor, size: Optional[torch.Tensor] = None,
+            background: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``x0`` (B, C, H, W), a model's estimate of clean frames, moved to where ``paths`` (B, 3)
+    plans each frame's object: what stands out from a frame's background (``drawn``) is shifted by
+    whole pixels so that its centre is the planned one, or, where ``size`` (B,) gives the radius of
+    gyration it should have (NaN: keep it) and it is off by more than ``WARP_MIN``, warped there
+    (bilinear) and scaled to it; everything
+    outside the planned box (``box_masks``) is made that background, or ``background`` (B, C) where
+    given (the clip's first frame's, so that it stays still). A frame not planned (NaN path), or
+    with nothing drawn yet, is kept as it is."""
+    b, c, h, w = x0.shape
+    masks = box_masks(paths, h, w)
+    out = []
+    for k in range(b):
+        found = None if bool(paths[k].isnan().any()) else drawn(x0[k])
+        if found is None or found[1] is None:  # not planned, or nothing to move yet: left to the model
+            out.append(x0[k])
+            continue
+        bg, (cy, cx, gyration) = found
+        d = x0[k] - bg
+        if background is not None:
+            bg = background[k].view(-1, 1, 1)
+        px, py = paths[k, 0], paths[k, 1]
+        scale = None if size is None or bool(size[k].isnan()) else (size[k] / gyration).clamp(0.5, 2.0)
+        if scale is None or abs(float(scale) - 1) < WARP_MIN:
+            d = torch.roll(d, (int(torch.round(py - cy)), int(torch.round(px - cx))), dims=(1, 2))
+        else:
+            # output pixel centre p reads the estimate at c + (p - planned centre) / scale
+            gy = (torch.arange(h, device=x0.device, dtype=x0.dtype) + 0.5 - py) / scale + cy
+            gx = (torch.arange(w, device=x0.device, dtype=x0.dtype) + 0.5 - px) / scale + cx
+            grid = torch.stack(torch.meshgrid(2 * gy / h - 1, 2 * gx / w - 1, indexing="ij")[::-1], -1)
+            d = nn.functional.grid_sample(d[None], grid[None], mode="bilinear", padding_mode="zeros",
+                                          align_corners=False)[0]
+        out.append(bg + d * masks[k])
+    return torch.stack(out)
+
+
+def _gyration(frame: torch.Tensor) -> torch.Tensor:
+    found = drawn(frame)[1]
+    return found[2] if found is not None else torch.tensor(1.0, dtype=frame.dtype, device=frame.device)
 
 
 def _noised(sched: DDPMScheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

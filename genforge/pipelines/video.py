@@ -17,6 +17,7 @@ from PIL import Image
 from ..data.transforms import to_float, to_pil_list, to_uint8
 from ..errors import GenforgeError
 from .text2image import TextToImagePipeline
+from .video_layout import VIDEO_LAYOUTS, composite, plan_layers
 
 MAX_FRAMES = 64
 MAX_STEPS = 1000
@@ -30,6 +31,11 @@ class VideoPipeline(TextToImagePipeline):
         super().__init__(cfg, model, run_dir, device)
         self.default_frames = int(model.frames)
         self.fps = int(getattr(cfg.data, "fps", 8) or 8)
+        # path-planned sampling (pipelines/video_layout.py) reads the shapes_video grammar
+        self.default_layout = "paths" if cfg.data.name == "shapes_video" else "off"
+        # with paths, a text2image run (a path or shipped name) may draw each object's first frame
+        self.first_frame_model = (cfg.task_params or {}).get("first_frame_model")
+        self._stills = None
 
     @property
     def kind(self) -> str:
@@ -44,6 +50,18 @@ class VideoPipeline(TextToImagePipeline):
         if isinstance(frames, bool) or not isinstance(frames, numbers.Integral) or not 1 <= frames <= MAX_FRAMES:
             raise GenforgeError(f"frames must be a whole number from 1 to {MAX_FRAMES}, got {frames!r}")
         return int(frames)
+
+    def check_layout(self, layout: Optional[str]) -> str:
+        layout = self.default_layout if layout is None else layout
+        if layout not in VIDEO_LAYOUTS:
+            raise GenforgeError(f"unknown layout {layout!r} for a video model; choose one of: "
+                                f"{', '.join(VIDEO_LAYOUTS)}")
+        return layout
+
+    def read_texts(self, prompt: str, layout: str = "off") -> list[str]:
+        """What the model reads for ``prompt``: where paths are planned, each object's own caption."""
+        layers = plan_layers(prompt, 0, self.default_frames, self.model.image_size) if layout == "paths" else None
+        return [layer.prompt for layer in layers] if layers else [prompt]
 
     def check_sampling(self, steps, sampler, guidance=1.0, seed=0) -> None:
         if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or not 1 <= steps <= MAX_STEPS:
@@ -79,9 +97,12 @@ class VideoPipeline(TextToImagePipeline):
                  prompt: str | Sequence[str] = "", negative_prompt: Optional[str] = None,
                  guidance: Optional[float] = None, batch_size: int = 8, frames: Optional[int] = None,
                  first_frame=None, progress: Optional[Callable[[int, int], None]] = None,
-                 labels=None) -> torch.Tensor:
+                 labels=None, layout: Optional[str] = None) -> torch.Tensor:
         """Float clips in [-1, 1], (n, T, C, H, W), on the CPU. ``progress(i, total)`` counts steps
-        over all batches."""
+        over all batches. ``layout``: "paths" plans where each object of a shapes_video caption is
+        in every frame and draws each from its own caption (``pipelines/video_layout.py``); "off"
+        leaves it all to the model; default: the run's. A given ``first_frame`` already fixes
+        where the objects start, so it is drawn with "off"."""
         if labels:
             raise GenforgeError(f"{self.run_dir.name} takes a prompt, not labels")
         if isinstance(n, bool) or not isinstance(n, numbers.Integral) or not 1 <= n <= MAX_CLIPS:
@@ -93,26 +114,107 @@ class VideoPipeline(TextToImagePipeline):
         if batch_size < 1:
             raise GenforgeError(f"batch_size must be at least 1, got {batch_size}")
         prompts = self.prompt_list(prompt, negative_prompt, n, "clips")
+        layout = self.check_layout(layout)
         first = self._first_frame(first_frame, n)
-        self.warn_prompts(prompts, negative_prompt, "clips")
+        if first is not None:
+            layout = "off"
+        self.warn_prompts(prompts, negative_prompt, "clips", layout)
         noise = self.draw_noise(n, seed, frames)
         guided = guidance != 1.0 and (any(p.strip() for p in prompts) or bool(negative_prompt))
         chunks = range(0, n, batch_size)
         out = []
         for k, i in enumerate(chunks):
             chunk = prompts[i:i + batch_size]
-            cond = tuple(t.to(self.device) for t in self._tokens(chunk))
-            uncond = tuple(t.to(self.device) for t in self._tokens([negative_prompt or ""] * len(chunk)))
             gen = torch.Generator(self.device).manual_seed(seed + i)
             # the model counts its own total (an autoregressive one: steps per frame)
             report = None if progress is None else (
                 lambda j, per, k=k: progress(k * per + j, per * len(chunks)))
-            x = self.model.sample(noise[i:i + batch_size].to(self.device), cond, uncond,
-                                  guidance=guidance if guided else 1.0, steps=steps, sampler=sampler,
-                                  generator=gen, progress=report,
-                                  first_frame=None if first is None else first[i:i + batch_size].to(self.device))
+            x = self.sample_clips(noise[i:i + batch_size], chunk, negative_prompt or "",
+                                  guidance if guided else 1.0, steps, sampler, gen, layout,
+                                  [seed + i + j for j in range(len(chunk))], report,
+                                  None if first is None else first[i:i + batch_size])
             out.append(x.float().cpu())
         return torch.cat(out)
+
+    def sample_clips(self, noise: torch.Tensor, prompts: Sequence[str], negative: str, guidance: float, steps: int,
+                     sampler: str, generator: torch.Generator, layout: str, seeds: Sequence[int],
+                     progress: Optional[Callable[[int, int], None]] = None,
+                     first: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """One denoising run for a batch of clips, one prompt and seed per row of ``noise``. With
+        ``layout="paths"``, a row whose prompt plans (``video_layout.plan_layers``, with the row's
+        seed) is drawn as one clip per layer (object, or colour of a changing object), each kept
+        to its planned path, then composited; its first layer starts from the row's noise, the
+        others from noise drawn with the row's seed and the layer's place."""
+        dev, m = self.device, self.model
+        frames, size = noise.shape[1], m.image_size
+        plans = [plan_layers(p, s, frames, size) for p, s in zip(prompts, seeds)] if layout == "paths" else []
+        if not any(plans):
+            cond = tuple(t.to(dev) for t in self._tokens(list(prompts)))
+            uncond = tuple(t.to(dev) for t in self._tokens([negative] * len(prompts)))
+            return m.sample(noise.to(dev), cond, uncond, guidance=guidance, steps=steps, sampler=sampler,
+                            generator=generator, progress=progress, first_frame=None if first is None else first.to(dev))
+        jobs = []  # (row, layer or None: the row's prompt as it is, seed of its noise)
+        for r, (layers, s) in enumerate(zip(plans, seeds)):
+            jobs += [(r, layer, 1_000_003 * j + s) for j, layer in enumerate(layers or [None])]
+        noise_all = torch.stack([noise[r] if seed_j == seeds[r] else self.draw_noise(1, seed_j, frames)[0]
+                                 for r, _, seed_j in jobs])
+        drawn = torch.empty_like(noise_all)
+        planned = [k for k, (_, layer, _) in enumerate(jobs) if layer is not None]
+        for part in ([k for k in range(len(jobs)) if k not in planned], planned):
+            if not part:
+                continue
+            texts = [prompts[jobs[k][0]] if jobs[k][1] is None else jobs[k][1].prompt for k in part]
+            cond = tuple(t.to(dev) for t in self._tokens(texts))
+            uncond = tuple(t.to(dev) for t in self._tokens([
+                negative or (jobs[k][1].avoid if jobs[k][1] is not None else None) or "" for k in part]))
+            first, path = None, None
+            if part is planned:
+                path = torch.stack([jobs[k][1].path for k in part]).to(dev)
+                first = self.first_frames([jobs[k][1].still for k in part], [jobs[k][2] for k in part], negative,
+                                          path[:, 0])
+            drawn[part] = m.sample(noise_all[part].to(dev), cond, uncond, guidance=guidance, steps=steps,
+                                   sampler=sampler, generator=generator,
+                                   progress=progress if part is planned else None, first_frame=first,
+                                   paths=path).cpu()
+        out = []
+        for r in range(len(prompts)):
+            mine = [k for k, job in enumerate(jobs) if job[0] == r]
+            out.append(drawn[mine[0]] if jobs[mine[0]][1] is None
+                       else composite(drawn[mine], [jobs[k][1] for k in mine]))
+        return torch.stack(out)
+
+    def stills(self):
+        """The text2image pipeline of ``task_params.first_frame_model``, loaded once; None if unset."""
+        if self.first_frame_model is None:
+            return None
+        if self._stills is None:
+            from . import load_pipeline
+            from .text2image import TextToImagePipeline
+
+            pipe = load_pipeline(self.first_frame_model, device=str(self.device))
+            m = self.model
+            if not isinstance(pipe, TextToImagePipeline) or pipe.kind != "text2image" or \
+                    (pipe.model.image_size, pipe.model.channels) != (m.image_size, m.channels):
+                raise GenforgeError(f"task_params.first_frame_model={self.first_frame_model!r} must be a text2image "
+                                    f"run drawing {m.channels}-channel {m.image_size}-px images")
+            self._stills = pipe
+        return self._stills
+
+    def first_frames(self, captions: Sequence[str], seeds: Sequence[int], negative: str,
+                     path: torch.Tensor) -> Optional[torch.Tensor]:
+        """First frames (B, C, H, W) drawn by the first-frame model from still ``captions`` (one
+        noise draw per seed) and moved to their planned places ``path`` (B, 3); None without a
+        first-frame model (the video model then draws frame 0 itself)."""
+        from ..models.video import keep_to
+
+        stills = self.stills()
+        if stills is None:
+            return None
+        noise = torch.cat([stills.draw_noise(1, s) for s in seeds])
+        gen = torch.Generator(self.device).manual_seed(int(seeds[0]))
+        x = stills.sample_rows(noise, list(captions), [negative] * len(captions), stills.default_guidance,
+                               stills.default_steps, "dpm++", gen, "off", list(seeds))
+        return keep_to(x.clamp(-1, 1), path.to(x))
 
     def __call__(self, prompt: str | Sequence[str] = "", n: int = 2, seed: int = 0, **kwargs) -> torch.Tensor:
         """uint8 clips (n, T, C, H, W)."""

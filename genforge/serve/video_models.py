@@ -35,6 +35,7 @@ class VideoItem:
     guidance: float
     warnings: list[str] = field(default_factory=list)
     first: Optional[torch.Tensor] = None  # (1, C, H, W) in [-1, 1]: the clip's given first frame
+    layout: str = "off"  # where the objects go: planned paths or the model's (pipelines/video_layout.py)
     progress: Optional[Callable[[int, int], None]] = None
 
 
@@ -73,7 +74,8 @@ class VideoGenerator(ServedModel):
         return {"task": "video", "architecture": self.pipe.cfg.model.name, "size": self.size,
                 "fps": self.fps, "frames": self.pipe.default_frames, "seconds": list(range(1, self.max_seconds + 1)),
                 "default_seconds": self.default_seconds, "samplers": list(SAMPLERS),
-                "default_steps": self.pipe.default_steps, "default_guidance": self.pipe.default_guidance}
+                "default_steps": self.pipe.default_steps, "default_guidance": self.pipe.default_guidance,
+                "default_layout": self.pipe.default_layout}
 
     def frames_for(self, seconds: int) -> int:
         if not 1 <= seconds <= self.max_seconds:
@@ -82,16 +84,19 @@ class VideoGenerator(ServedModel):
         return seconds * self.fps
 
     def prepare(self, prompt: str, seconds: int, seed: int, negative: Optional[str] = None,
-                steps: Optional[int] = None, sampler: str = "dpm++", guidance: Optional[float] = None) -> VideoItem:
-        """Check a request before it is queued; the notes about its prompt go in the job's result."""
+                steps: Optional[int] = None, sampler: str = "dpm++", guidance: Optional[float] = None,
+                layout: Optional[str] = None, first: bool = False) -> VideoItem:
+        """Check a request before it is queued; the notes about its prompt go in the job's result.
+        ``first``: the request gives a first frame, which fixes where the objects start (layout off)."""
         frames = self.frames_for(seconds)
         negative = negative if negative and negative.strip() else None
         steps = self.pipe.default_steps if steps is None else steps
         guidance = self.pipe.default_guidance if guidance is None else guidance
         self.pipe.check_sampling(steps, sampler, guidance, seed)
-        notes = self.pipe.check_prompt([prompt] + ([negative] if negative else []))
+        layout = "off" if first else self.pipe.check_layout(layout)
+        notes = self.pipe.check_prompt(self.pipe.read_texts(prompt, layout) + ([negative] if negative else []))
         return VideoItem(seed, prompt, negative, frames, steps, sampler, float(guidance),
-                         warnings=list(dict.fromkeys(notes)))
+                         warnings=list(dict.fromkeys(notes)), layout=layout)
 
     def reference(self, image: Image.Image) -> Image.Image:
         """An uploaded first frame at the model's size and channels (what the job stores)."""
@@ -111,15 +116,12 @@ class VideoGenerator(ServedModel):
         by ``prepare``); one item, as requests are never merged."""
         pipe, dev, out = self.pipe, self.pipe.device, []
         for it in items:
-            cond = tuple(t.to(dev) for t in pipe._tokens([it.prompt]))
-            uncond = tuple(t.to(dev) for t in pipe._tokens([it.negative or ""]))
             guided = it.guidance != 1.0 and (bool(it.prompt.strip()) or bool(it.negative))
             gen = torch.Generator(dev).manual_seed(it.seed)
             with self.forward_lock:
-                x = pipe.model.sample(pipe.draw_noise(1, it.seed, it.frames).to(dev), cond, uncond,
-                                      guidance=it.guidance if guided else 1.0, steps=it.steps, sampler=it.sampler,
-                                      generator=gen, progress=it.progress,
-                                      first_frame=None if it.first is None else it.first.to(dev))
+                x = pipe.sample_clips(pipe.draw_noise(1, it.seed, it.frames), [it.prompt], it.negative or "",
+                                      it.guidance if guided else 1.0, it.steps, it.sampler, gen, it.layout,
+                                      [it.seed], it.progress, it.first)
             out.append(to_uint8(x.float().cpu())[0])
         return out
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import base64
 import io
-from typing import Any, Awaitable, Callable, Optional, Union
+from typing import Any, Awaitable, Callable, Literal, Optional, Union
 
 from fastapi import Depends, FastAPI, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
@@ -49,6 +49,10 @@ class VideoRequest(_Body):
     sampler: Sampler = "dpm++"
     guidance: Optional[float] = Field(None, ge=0.0, le=50.0, description="Classifier-free guidance "
                                       "(default: the model's).")
+    layout: Optional[Literal["paths", "off"]] = Field(None, description="paths: plan each object's path from "
+                                                      "the caption and draw each object on its own; off: leave "
+                                                      "it to the model (default: the model's default_layout; "
+                                                      "a given input_reference draws with off).")
 
     @field_validator("seconds")
     @classmethod
@@ -90,7 +94,8 @@ def video_job_handler(state: dict) -> Callable[[dict, Callable[[float], None]], 
         except ModelNotFound as e:  # queued before a restart that dropped the model
             raise GenforgeError(f"{e}; restart the server with it to run this video") from None
         item = gen.prepare(params["prompt"], params["seconds"], params["seed"], params.get("negative_prompt"),
-                           params["steps"], params["sampler"], params["guidance"])
+                           params["steps"], params["sampler"], params["guidance"], params.get("layout", "off"),
+                           first=bool(params.get("first_frame")))
         if params.get("first_frame"):
             item.first = gen.first_frame(Image.open(io.BytesIO(base64.b64decode(params["first_frame"]))))
         data = await gen.render(item, progress)
@@ -153,12 +158,13 @@ def add_video_routes(app: FastAPI, state: dict, settings: Settings,
             reference = gen.reference(first) if first is not None else None
         with _param("prompt"):
             item = gen.prepare(body.prompt, seconds, seed, body.negative_prompt, body.steps, body.sampler,
-                               body.guidance)
+                               body.guidance, body.layout, first=reference is not None)
         _note(request, settings, model=gen.id, prompt=body.prompt, seconds=seconds)
         # everything fixed now, so a video re-run after a crash is the same clip
         params = {"model": gen.id, "prompt": body.prompt, "negative_prompt": item.negative, "seconds": seconds,
                   "size": gen.size, "seed": seed, "steps": item.steps, "sampler": item.sampler,
-                  "guidance": item.guidance, "first_frame": _png_b64(reference) if reference else None}
+                  "guidance": item.guidance, "layout": item.layout,
+                  "first_frame": _png_b64(reference) if reference else None}
         store = state["store"]
         job_id = await run_in_threadpool(store.create, JOB_TYPE, gen.id, params, key.id)
         state["runner"].notify()

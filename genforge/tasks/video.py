@@ -37,10 +37,17 @@ class VideoTask(TextToImageTask):
 
     def __init__(self, cfg, data: Examples | None = None, run_dir: Path | None = None,
                  cond_drop: float = 0.1, tokenizer: str = "bpe", sample_steps: int = 12,
-                 sample_sampler: str = "dpm++", sample_guidance: float = 2.0, eval_prompts: int = 16):
+                 sample_sampler: str = "dpm++", sample_guidance: float = 2.0, eval_prompts: int = 16,
+                 first_frame_model: str | None = None):
         super().__init__(cfg, data, run_dir, cond_drop=cond_drop, tokenizer=tokenizer,
                          sample_steps=sample_steps, sample_sampler=sample_sampler,
                          sample_guidance=sample_guidance, eval_prompts=eval_prompts)
+        # read by the pipeline, not in training: a text2image run (path or shipped name) drawing
+        # each planned object's first frame (pipelines/video_layout.py)
+        if first_frame_model is not None and (not isinstance(first_frame_model, str) or not first_frame_model):
+            raise GenforgeError(f"task_params.first_frame_model must be a text2image run directory or shipped "
+                                f"model name, got {first_frame_model!r}")
+        self.first_frame_model = first_frame_model
         if data is not None:
             clips = data.column("frames")
             if clips.dim() != 5:
