@@ -99,6 +99,18 @@ def test_keep_to_scales_to_a_planned_size():
     assert torch.allclose(same, x)  # within WARP_MIN of its size and in place: only flattened (nothing outside)
 
 
+def test_on_background_holds_the_background_still():
+    from genforge.models.video import on_background
+
+    frame = _blob(10, 12, 3, bg=(0.1, 0.2, 0.3)) + 0.02 * torch.randn(3, 32, 32, generator=torch.Generator().manual_seed(1))
+    path = torch.tensor([[10.0, 12.0, 3.0], [float("nan")] * 3])
+    out = on_background(torch.stack([frame, frame]), path, torch.tensor([[0.0, 0.0, 0.0]] * 2))
+    outside = box_masks(path[:1], 32, 32)[0, 0] < 0.5
+    assert out[0][:, outside].abs().max() == 0  # the given background, exactly
+    assert float(out[0, 0, 12, 10]) == pytest.approx(float(frame[0, 12, 10]) - 0.1, abs=0.05)  # the object, shifted
+    assert torch.equal(out[1], frame.clamp(-1, 1))  # not planned: kept
+
+
 def test_box_masks_cover_the_planned_object():
     masks = box_masks(torch.tensor([[10.0, 20.0, 4.0], [float("nan")] * 3]), 32, 32)
     rows, cols = masks[0, 0].nonzero().unbind(1)

@@ -353,22 +353,22 @@ class VideoModel(TextToImageModel):
                     # frame 0 keeps the size the model draws; a later frame planned at another size
                     # than frame 0 is scaled from frame 0 as drawn by the planned radii's ratio
                     # (while off by more than WARP_MIN: close to it, only moved, so the model
-                    # redraws the scaled object sharp), on frame 0's background
+                    # redraws the scaled object sharp)
                     size = None
                     if i:
                         size = torch.stack([_gyration(f) for f in clip[:, 0]]) * paths[:, i, 2] / paths[:, 0, 2]
 
-                    still = None if i == 0 else clip[:, 0].flatten(2).median(-1).values  # its background
-
-                    def edit(x0, j, path=paths[:, i], size=size, still=still):
-                        # frame 0's background only at the last step: set at the start, a sharp
-                        # background around a still faint object made some frames draw none
-                        return keep_to(x0, path, size, still if j == steps - 1 else None)
+                    def edit(x0, j, path=paths[:, i], size=size):
+                        return keep_to(x0, path, size)
                 x = self.denoise_loop(noise[:, i], cond, uncond, guidance, steps, sampler, generator, report,
                                       edit_x0=edit)
                 clip[:, i] = x.clamp(-1, 1)
         finally:
             self._planes = None
+        if paths is not None:  # the background stays still: every planned frame's is frame 0's
+            clip[:, 1:] = on_background(clip[:, 1:].flatten(0, 1), paths[:, 1:].flatten(0, 1),
+                                        clip[:, 0].flatten(2).median(-1).values.repeat_interleave(frames - 1, 0)
+                                        ).view_as(clip[:, 1:])
         return clip
 
 
@@ -412,16 +412,14 @@ def drawn(x: torch.Tensor) -> tuple[torch.Tensor, Optional[tuple[torch.Tensor, t
     return bg, (cy, cx, gyration)
 
 
-def keep_to(x0: torch.Tensor, paths: torch.Tensor, size: Optional[torch.Tensor] = None,
-            background: Optional[torch.Tensor] = None) -> torch.Tensor:
+def keep_to(x0: torch.Tensor, paths: torch.Tensor, size: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``x0`` (B, C, H, W), a model's estimate of clean frames, moved to where ``paths`` (B, 3)
     plans each frame's object: what stands out from a frame's background (``drawn``) is shifted by
     whole pixels so that its centre is the planned one, or, where ``size`` (B,) gives the radius of
     gyration it should have (NaN: keep it) and it is off by more than ``WARP_MIN``, warped there
     (bilinear) and scaled to it; everything
-    outside the planned box (``box_masks``) is made that background, or ``background`` (B, C) where
-    given (the clip's first frame's, so that it stays still). A frame not planned (NaN path), or
-    with nothing drawn yet, is kept as it is."""
+    outside the planned box (``box_masks``) is made that background. A frame not planned (NaN
+    path), or with nothing drawn yet, is kept as it is."""
     b, c, h, w = x0.shape
     masks = box_masks(paths, h, w)
     out = []
@@ -432,8 +430,6 @@ def keep_to(x0: torch.Tensor, paths: torch.Tensor, size: Optional[torch.Tensor] 
             continue
         bg, (cy, cx, gyration) = found
         d = x0[k] - bg
-        if background is not None:
-            bg = background[k].view(-1, 1, 1)
         px, py = paths[k, 0], paths[k, 1]
         scale = None if size is None or bool(size[k].isnan()) else (size[k] / gyration).clamp(0.5, 2.0)
         if scale is None or abs(float(scale) - 1) < WARP_MIN:
@@ -447,6 +443,18 @@ def keep_to(x0: torch.Tensor, paths: torch.Tensor, size: Optional[torch.Tensor] 
                                           align_corners=False)[0]
         out.append(bg + d * masks[k])
     return torch.stack(out)
+
+
+def on_background(x: torch.Tensor, paths: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
+    """Finished frames ``x`` (B, C, H, W) on ``background`` (B, C): inside each planned box
+    (``paths`` (B, 3)) what the frame draws there less its own background (its median), outside
+    the background itself; frames not planned (NaN path) are kept. Each frame of a planned clip is
+    drawn on its own and its background tint wanders a little; this holds it still."""
+    own = x.flatten(2).median(-1).values
+    inside = box_masks(paths, *x.shape[-2:])
+    out = background[..., None, None] + (x - own[..., None, None]) * inside
+    planned = ~paths.isnan().any(-1)
+    return torch.where(planned[:, None, None, None], out, x).clamp(-1, 1)
 
 
 def _gyration(frame: torch.Tensor) -> torch.Tensor:
