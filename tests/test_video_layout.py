@@ -219,3 +219,23 @@ def test_video_object_layout_keys():
     assert isinstance(scene, VideoScene) and scene.to_dict()["frames"] == 8
     assert all(math.isfinite(o.x) and math.isfinite(o.y) for o in scene.objects)
     assert object_layers(scene.objects[0], torch.zeros(8, 3), None, 8)[0].stop == 8
+
+
+def test_upto_draws_the_first_frames_of_the_whole_clip():
+    from genforge.models.video import VideoModel
+
+    torch.manual_seed(0)
+    m = VideoModel(image_size=16, frames=6, widths=(16, 16), cross_attention=(False, True), attention_heads=2,
+                   vocab_size=64, context=8, text_dim=16, text_layers=1, text_heads=2, num_train_timesteps=50,
+                   context_frames=2, anchor_frame=True).eval()
+    g = torch.Generator().manual_seed(1)
+    noise = torch.randn(2, 6, 3, 16, 16, generator=g)
+    cond = (torch.randint(4, 60, (2, 5), generator=g), torch.ones(2, 5, dtype=torch.long))
+    paths = torch.tensor([[8.0, 8.0, 3.0]]).repeat(2, 6, 1)
+    whole = m.sample(noise, cond, steps=2, paths=paths)
+    part = m.sample(noise, cond, steps=2, paths=paths, upto=3)
+    assert torch.allclose(part[:, :3], whole[:, :3], atol=1e-5) and (part[:, 3:] == 0).all()
+    joint = VideoModel(image_size=16, frames=4, widths=(16, 16), cross_attention=(False, True), attention_heads=2,
+                       vocab_size=64, context=8, text_dim=16, text_layers=1, text_heads=2, num_train_timesteps=50)
+    with pytest.raises(ValueError, match="only an autoregressive model"):
+        joint.sample(noise[:, :4], cond, steps=1, upto=2)

@@ -299,6 +299,7 @@ class VideoModel(TextToImageModel):
         progress: Optional[Callable[[int, int], None]] = None,
         first_frame: Optional[torch.Tensor] = None,
         paths: Optional[torch.Tensor] = None,
+        upto: Optional[int] = None,
     ) -> torch.Tensor:
         """Denoise ``noise`` (B, T, C, H, W) into clips in [-1, 1] that match ``cond``, with
         classifier-free guidance as in ``TextToImageModel.sample``. ``first_frame`` (B, C, H, W) in
@@ -306,7 +307,9 @@ class VideoModel(TextToImageModel):
         given image noised to the step's level, so the other frames are drawn consistent with it).
         ``paths`` (B, T, 3): where a clip's one object is planned to be in each frame, as (x, y,
         bounding radius) in px (NaN rows: not planned; ``pipelines/video_layout.py``): at every
-        step the model's estimate of each clean frame is moved there (``keep_to``)."""
+        step the model's estimate of each clean frame is moved there (``keep_to``). ``upto``: an
+        autoregressive model draws only the first ``upto`` frames (as placed in the whole clip) and
+        leaves the rest zero."""
         edit = None
         if paths is not None:
             paths = paths.to(noise)
@@ -314,7 +317,9 @@ class VideoModel(TextToImageModel):
                 raise ValueError(f"paths must be (B, T, 3) for noise {tuple(noise.shape)}, got {tuple(paths.shape)}")
         if self.context_frames:
             return self._sample_frames(noise, cond, uncond, guidance, steps, sampler, generator, progress,
-                                       first_frame, paths)
+                                       first_frame, paths, upto)
+        if upto is not None:
+            raise ValueError("upto: only an autoregressive model (context_frames > 0) draws part of a clip")
         if paths is not None:
             def edit(x0: torch.Tensor, i: int) -> torch.Tensor:
                 return keep_to(x0.flatten(0, 1), paths.flatten(0, 1)).view_as(x0)
@@ -333,7 +338,7 @@ class VideoModel(TextToImageModel):
         return x.clamp(-1, 1)
 
     def _sample_frames(self, noise, cond, uncond, guidance, steps, sampler, generator, progress, first_frame,
-                       paths=None):
+                       paths=None, upto=None):
         """Autoregressive sampling: frame i is a full denoising run with the frames before it (as
         drawn, clamped to [-1, 1]) in its planes; ``first_frame`` is frame 0 as given; ``paths`` as
         in ``sample``, frame by frame."""
@@ -343,9 +348,10 @@ class VideoModel(TextToImageModel):
         if first_frame is not None:
             clip[:, 0] = first_frame.to(noise)
             start = 1
-        total = frames * steps
+        upto = frames if upto is None else max(1, min(frames, int(upto)))
+        total = upto * steps
         try:
-            for i in range(start, frames):
+            for i in range(start, upto):
                 self._planes = self.planes(clip)[:, i]  # frames >= i are still zeros; planes of i read < i
                 report = None if progress is None else (lambda j, _n, i=i: progress(i * steps + j, total))
                 edit = None
@@ -365,10 +371,10 @@ class VideoModel(TextToImageModel):
                 clip[:, i] = x.clamp(-1, 1)
         finally:
             self._planes = None
-        if paths is not None:  # the background stays still: every planned frame's is frame 0's
-            clip[:, 1:] = on_background(clip[:, 1:].flatten(0, 1), paths[:, 1:].flatten(0, 1),
-                                        clip[:, 0].flatten(2).median(-1).values.repeat_interleave(frames - 1, 0)
-                                        ).view_as(clip[:, 1:])
+        if paths is not None and upto > 1:  # the background stays still: every planned frame's is frame 0's
+            clip[:, 1:upto] = on_background(clip[:, 1:upto].flatten(0, 1), paths[:, 1:upto].flatten(0, 1),
+                                            clip[:, 0].flatten(2).median(-1).values.repeat_interleave(upto - 1, 0)
+                                            ).view_as(clip[:, 1:upto])
         return clip
 
 

@@ -159,8 +159,15 @@ class VideoPipeline(TextToImagePipeline):
         noise_all = torch.stack([noise[r] if seed_j == seeds[r] else self.draw_noise(1, seed_j, frames)[0]
                                  for r, _, seed_j in jobs])
         drawn = torch.empty_like(noise_all)
-        planned = [k for k, (_, layer, _) in enumerate(jobs) if layer is not None]
-        for part in ([k for k in range(len(jobs)) if k not in planned], planned):
+        # an autoregressive model draws a layer shown over part of the clip (a colour of a changing
+        # object) only as far as it is shown, in a batch of its own
+        short = m.context_frames > 0
+        span = [None if layer is None else layer.stop - layer.start for _, layer, _ in jobs]
+        plain = [k for k in range(len(jobs)) if span[k] is None]
+        planned = [k for k in range(len(jobs)) if span[k] is not None and not (short and span[k] < frames)]
+        partial = [k for k in range(len(jobs)) if span[k] is not None and short and span[k] < frames]
+        reporter = planned or partial
+        for part in (plain, planned, partial):
             if not part:
                 continue
             texts = [prompts[jobs[k][0]] if jobs[k][1] is None else jobs[k][1].prompt for k in part]
@@ -168,14 +175,14 @@ class VideoPipeline(TextToImagePipeline):
             uncond = tuple(t.to(dev) for t in self._tokens([
                 negative or (jobs[k][1].avoid if jobs[k][1] is not None else None) or "" for k in part]))
             first, path = None, None
-            if part is planned:
+            if part is not plain:
                 path = torch.stack([jobs[k][1].path for k in part]).to(dev)
                 first = self.first_frames([jobs[k][1].still for k in part], [jobs[k][2] for k in part], negative,
                                           path[:, 0])
             drawn[part] = m.sample(noise_all[part].to(dev), cond, uncond, guidance=guidance, steps=steps,
                                    sampler=sampler, generator=generator,
-                                   progress=progress if part is planned else None, first_frame=first,
-                                   paths=path).cpu()
+                                   progress=progress if part is reporter else None, first_frame=first,
+                                   paths=path, upto=max(span[k] for k in part) if part is partial else None).cpu()
         out = []
         for r in range(len(prompts)):
             mine = [k for k, job in enumerate(jobs) if job[0] == r]
