@@ -8,22 +8,10 @@ import pytest
 import torch
 
 from genforge.errors import GenforgeError
-from video_runs import TINY_VIDEO, video_run
+from video_runs import TINY_VIDEO, pipe, run  # noqa: F401  (fixtures)
 
 TINY_MODEL = dict(image_size=16, frames=4, widths=(16, 16), cross_attention=(False, True), attention_heads=2,
                   vocab_size=64, context=12, text_dim=16, text_layers=1, text_heads=2, num_train_timesteps=50)
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    return video_run(tmp_path_factory.mktemp("video-runs"))
-
-
-@pytest.fixture(scope="module")
-def pipe(run):
-    import genforge
-
-    return genforge.load(run, device="cpu")
 
 
 def _inputs(b=2, t=4):

@@ -14,23 +14,11 @@ from genforge.eval.motion import verify_clip
 from genforge.models.video import box_masks, drawn, keep_to
 from genforge.pipelines.video_layout import composite, object_layers, plan_layers
 from text_runs import text_runs  # noqa: F401
-from video_runs import video_run
+from video_runs import pipe, run  # noqa: F401  (fixtures)
 
 CAPTIONS = ["a small red circle moves right", "a large blue square bounces up and down on a grey background",
             "a small green star grows", "a large yellow ring shrinks while a small white triangle moves up and left",
             "a small purple square turns orange while a large red star falls"]
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    return video_run(tmp_path_factory.mktemp("video-layout-runs"))
-
-
-@pytest.fixture(scope="module")
-def pipe(run):
-    import genforge
-
-    return genforge.load(run, device="cpu")
 
 
 @pytest.mark.parametrize("caption", CAPTIONS)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+import pytest
+
 TINY_VIDEO = ["task=video", "model.name=video_unet", "model.params.widths=[16,16]",
               "model.params.cross_attention=[false,true]", "model.params.attention_heads=2",
               "model.params.vocab_size=64", "model.params.context=24", "model.params.text_dim=16",
@@ -34,3 +36,17 @@ def video_run(root: Path) -> Path:
             torch.set_num_threads(threads)
         _trained["run"] = root / "video"
     return _trained["run"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """The tiny video run's directory."""
+    return video_run(tmp_path_factory.mktemp("video-runs"))
+
+
+@pytest.fixture(scope="module")
+def pipe(run):
+    """Its pipeline on the CPU."""
+    import genforge
+
+    return genforge.load(run, device="cpu")

@@ -350,6 +350,7 @@ class VideoModel(TextToImageModel):
             start = 1
         upto = frames if upto is None else max(1, min(frames, int(upto)))
         total = upto * steps
+        gyration0 = None  # frame 0's drawn size, once it is drawn (paths)
         try:
             for i in range(start, upto):
                 self._planes = self.planes(clip)[:, i]  # frames >= i are still zeros; planes of i read < i
@@ -362,7 +363,9 @@ class VideoModel(TextToImageModel):
                     # redraws the scaled object sharp)
                     size = None
                     if i:
-                        size = torch.stack([_gyration(f) for f in clip[:, 0]]) * paths[:, i, 2] / paths[:, 0, 2]
+                        if gyration0 is None:
+                            gyration0 = torch.stack([_gyration(f) for f in clip[:, 0]])
+                        size = gyration0 * paths[:, i, 2] / paths[:, 0, 2]
 
                     def edit(x0, j, path=paths[:, i], size=size):
                         return keep_to(x0, path, size)

@@ -16,6 +16,7 @@ from PIL import Image
 
 from ..data.transforms import to_float, to_pil_list, to_uint8
 from ..errors import GenforgeError
+from ..models.video import keep_to
 from .text2image import TextToImagePipeline
 from .video_layout import VIDEO_LAYOUTS, composite, plan_layers
 
@@ -147,12 +148,7 @@ class VideoPipeline(TextToImagePipeline):
         others from noise drawn with the row's seed and the layer's place."""
         dev, m = self.device, self.model
         frames, size = noise.shape[1], m.image_size
-        plans = [plan_layers(p, s, frames, size) for p, s in zip(prompts, seeds)] if layout == "paths" else []
-        if not any(plans):
-            cond = tuple(t.to(dev) for t in self._tokens(list(prompts)))
-            uncond = tuple(t.to(dev) for t in self._tokens([negative] * len(prompts)))
-            return m.sample(noise.to(dev), cond, uncond, guidance=guidance, steps=steps, sampler=sampler,
-                            generator=generator, progress=progress, first_frame=None if first is None else first.to(dev))
+        plans = [plan_layers(p, s, frames, size) if layout == "paths" else None for p, s in zip(prompts, seeds)]
         jobs = []  # (row, layer or None: the row's prompt as it is, seed of its noise)
         for r, (layers, s) in enumerate(zip(plans, seeds)):
             jobs += [(r, layer, 1_000_003 * j + s) for j, layer in enumerate(layers or [None])]
@@ -166,7 +162,7 @@ class VideoPipeline(TextToImagePipeline):
         plain = [k for k in range(len(jobs)) if span[k] is None]
         planned = [k for k in range(len(jobs)) if span[k] is not None and not (short and span[k] < frames)]
         partial = [k for k in range(len(jobs)) if span[k] is not None and short and span[k] < frames]
-        reporter = planned or partial
+        reporter = planned or partial or plain
         for part in (plain, planned, partial):
             if not part:
                 continue
@@ -174,14 +170,16 @@ class VideoPipeline(TextToImagePipeline):
             cond = tuple(t.to(dev) for t in self._tokens(texts))
             uncond = tuple(t.to(dev) for t in self._tokens([
                 negative or (jobs[k][1].avoid if jobs[k][1] is not None else None) or "" for k in part]))
-            first, path = None, None
+            start, path = None, None
             if part is not plain:
                 path = torch.stack([jobs[k][1].path for k in part]).to(dev)
-                first = self.first_frames([jobs[k][1].still for k in part], [jobs[k][2] for k in part], negative,
+                start = self.first_frames([jobs[k][1].still for k in part], [jobs[k][2] for k in part], negative,
                                           path[:, 0])
+            elif first is not None:
+                start = first[[jobs[k][0] for k in part]].to(dev)
             drawn[part] = m.sample(noise_all[part].to(dev), cond, uncond, guidance=guidance, steps=steps,
                                    sampler=sampler, generator=generator,
-                                   progress=progress if part is reporter else None, first_frame=first,
+                                   progress=progress if part is reporter else None, first_frame=start,
                                    paths=path, upto=max(span[k] for k in part) if part is partial else None).cpu()
         out = []
         for r in range(len(prompts)):
@@ -212,8 +210,6 @@ class VideoPipeline(TextToImagePipeline):
         """First frames (B, C, H, W) drawn by the first-frame model from still ``captions`` (one
         noise draw per seed) and moved to their planned places ``path`` (B, 3); None without a
         first-frame model (the video model then draws frame 0 itself)."""
-        from ..models.video import keep_to
-
         stills = self.stills()
         if stills is None:
             return None

@@ -47,7 +47,6 @@ class VideoTask(TextToImageTask):
         if first_frame_model is not None and (not isinstance(first_frame_model, str) or not first_frame_model):
             raise GenforgeError(f"task_params.first_frame_model must be a text2image run directory or shipped "
                                 f"model name, got {first_frame_model!r}")
-        self.first_frame_model = first_frame_model
         if data is not None:
             clips = data.column("frames")
             if clips.dim() != 5:
