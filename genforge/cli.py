@@ -418,8 +418,11 @@ def eval_captions(
 
 @app.command("write")
 def write_cmd(
-    run_dir: str = typer.Argument(..., help="Language-model run directory."),
-    prompt: str = typer.Argument("", help="Text to continue (empty: start a fresh line)."),
+    args: Optional[List[str]] = typer.Argument(None, metavar="[RUN_DIR] PROMPT",
+                                               help="Text to continue (empty: start a fresh line), after an "
+                                               "optional language-model run directory or shipped name."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Language-model run directory or shipped "
+                                        "model; default: the shipped language model."),
     max_tokens: int = typer.Option(200, "--max-tokens", help="Most tokens to generate (at least 1)."),
     temperature: float = typer.Option(0.8, "--temperature", help="0: greedy; higher: more varied."),
     top_k: int = typer.Option(50, "--top-k", help="Sample among the k likeliest tokens (0: off)."),
@@ -430,11 +433,22 @@ def write_cmd(
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("auto"),
 ):
-    """Continue a prompt with a language model, printing the text as it is generated."""
+    """Continue a prompt with a language model, printing the text as it is generated:
+    `genforge write "prompt"` (the shipped model), `genforge write RUN_DIR "prompt"` or `--model RUN_DIR`."""
     from . import load
     from .pipelines.lm import LMPipeline, check_sampling
 
+    args = list(args or [])
+    if len(args) > 2 or (len(args) == 2 and model is not None):
+        raise GenforgeError("write takes one prompt, after at most one run directory (or --model); quote a "
+                            "prompt that has spaces")
+    run_dir = args.pop(0) if len(args) == 2 else model
+    prompt = args[0] if args else ""
     check_sampling(max_tokens, temperature, top_k, top_p)  # before the model is loaded
+    if run_dir is None:
+        from .pipelines import shipped_default
+
+        run_dir = shipped_default("lm", "language model", "gpt_web")
     pipe = load(run_dir, device=device)
     if not isinstance(pipe, LMPipeline):
         raise GenforgeError(f"{run_dir} is a {pipe.cfg.task!r} run; write needs a language-model (lm) run")

@@ -225,3 +225,21 @@ def test_resume_is_exact(tmp_path):
     cfg = load_config(None, lm_args(tmp_path / "c.txt", "train.steps=4", "model.params.dropout=0.1",
                                      "task_params.eval_tokens=0"))
     assert_resume_exact(cfg, tmp_path, stop_at=2)
+
+
+def test_write_without_a_run_uses_the_shipped_model_and_reads_stop_escapes(cli, lm_run):
+    import genforge
+
+    code, out, err = cli("write", "And God said", "--max-tokens", "6", "--temperature", "0")
+    assert code == 0, err
+    assert out == genforge.load("gpt-web").generate("And God said", max_tokens=6, temperature=0) + "\n"
+    # --stop reads backslash escapes: the first character the model writes, typed as \xNN, ends the
+    # text before it (read literally, four characters that never come, it would not)
+    full = genforge.load(lm_run[0]).generate("alpha", max_tokens=20, temperature=0)
+    assert full
+    code, out, err = cli("write", "--model", lm_run[0], "alpha", "--max-tokens", "20", "--temperature", "0",
+                         "--stop", f"\\x{ord(full[0]):02x}")
+    assert code == 0, err
+    assert out == "\n"
+    code, out, err = cli("write", lm_run[0], "alpha", "extra")
+    assert code == 2 and "one prompt" in err
