@@ -11,6 +11,7 @@ over rounds of a round's mean latency. ratio = PyTorch / onnxruntime (above 1: o
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -25,7 +26,7 @@ from common import save  # noqa: E402
 
 import genforge  # noqa: E402
 from genforge.export import check_onnx, export_onnx_file, onnx_graph  # noqa: E402
-from genforge.pipelines import shipped_models  # noqa: E402
+from genforge.pipelines import ASSETS_DIR, shipped_models  # noqa: E402
 
 
 def _round_ms(fn, budget_s: float) -> float:
@@ -35,6 +36,13 @@ def _round_ms(fn, budget_s: float) -> float:
         fn()
         calls += 1
     return (time.perf_counter() - t0) / calls * 1000
+
+
+GRAPH_TASKS = ("gan", "diffusion", "classify")
+
+
+def _task(name: str) -> str:
+    return json.loads((ASSETS_DIR / name / "config.json").read_text()).get("task", "")
 
 
 def bench_model(name: str, batches: list[int], rounds: int, budget_s: float, threads: int, tmp: Path) -> dict:
@@ -80,7 +88,8 @@ def bench_model(name: str, batches: list[int], rounds: int, budget_s: float, thr
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", default=",".join(shipped_models()))
+    # speech runs have their own ONNX bench (bench/tts.py); these are the single-graph exports
+    ap.add_argument("--models", default=",".join(n for n in shipped_models() if _task(n) in GRAPH_TASKS))
     ap.add_argument("--batches", default="1,16")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--budget", type=float, default=0.5, help="Seconds per runtime per round.")

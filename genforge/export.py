@@ -45,6 +45,10 @@ def onnx_tolerance(reference: torch.Tensor) -> float:
     return ONNX_RTOL * max(1.0, float(reference.abs().max()))
 
 
+#: tasks whose runs export to ONNX (gan/diffusion/classify here, tts/vocoder in export_speech.py)
+ONNX_TASKS = ("gan", "diffusion", "classify", "tts", "vocoder")
+
+
 def default_format(task: str) -> str:
     return "diffusers" if task == "diffusion" else "onnx"
 
@@ -63,6 +67,9 @@ def export_run(run: str | Path, out: Path, fmt: Optional[str] = None, step: Opti
     pipe = load(run, device="cpu", step=step)
     task = pipe.cfg.task
     fmt = fmt or default_format(task)
+    if task not in ONNX_TASKS and task != "diffusion":
+        raise GenforgeError(f"{pipe.run_dir.name} is a {task!r} run, which has no export yet (ONNX covers "
+                            f"{', '.join(ONNX_TASKS)} runs); use it through genforge.load or genforge serve")
     if fmt == "diffusers":
         if task != "diffusion":
             raise GenforgeError(f"{pipe.run_dir.name} is a {task!r} run; the diffusers format holds diffusion "

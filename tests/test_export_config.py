@@ -147,6 +147,13 @@ def test_export_refuses_bad_requests_and_leaves_nothing_behind(runs, cli, tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
 
 
+def test_export_of_a_task_without_one_says_which_tasks_export(cli, tmp_path):
+    for fmt in ([], ["--format", "onnx"], ["--format", "diffusers"]):
+        code, out, err = cli("export", "captioner-shapes", tmp_path / "c", *fmt)
+        assert code == 2 and "'caption' run, which has no export yet" in err and "tts" in err, err
+        assert not (tmp_path / "c").exists()
+
+
 # ---- --step: sample or export a kept checkpoint ------------------------------------------------------
 @pytest.fixture(scope="module")
 def stepped(tmp_path_factory):
