@@ -1,6 +1,7 @@
 """Eager vs compiled speed in one command: UNet forward per batch size, single-image generate latency,
-large-batch throughput, training steps/s, and serving latency/throughput (with the compile cache cold
-and then warm across a server restart).
+large-batch throughput, training steps/s (eager, train.compile=true, and on CUDA batch 512 with and
+without train.amp), and serving latency/throughput (with the compile cache cold and then warm across a
+server restart; on CUDA also the DCGAN with --workers at concurrency 1/8/32, eager and compiled).
 
     python bench/gpu.py                      # CUDA: full sizes, CUDA graphs (reduce-overhead)
     python bench/gpu.py --device cpu         # CPU: the same measurements at small sizes (inductor)
@@ -29,10 +30,11 @@ from common import save  # noqa: E402
 import genforge  # noqa: E402
 
 SIZES = {  # forward batch sizes, large-batch throughput sizes, training batch, serving concurrency
-    "cuda": dict(forward=[1, 2, 4, 8, 16, 32, 64], throughput=[64, 256], train_batch=64, train_steps=100,
-                 serve_batch=16, concurrency=[1, 16], serve_seconds=15.0),
-    "cpu": dict(forward=[1, 8], throughput=[16], train_batch=8, train_steps=12,
-                serve_batch=4, concurrency=[1, 4], serve_seconds=6.0),
+    "cuda": dict(forward=[1, 2, 4, 8, 16, 32, 64], throughput=[64, 256, 2048], train_batch=64, train_steps=100,
+                 big_batch=512, serve_batch=16, concurrency=[1, 8, 16], serve_seconds=15.0,
+                 gan_workers=4, gan_concurrency=[1, 8, 32]),
+    "cpu": dict(forward=[1, 8], throughput=[16], train_batch=8, train_steps=12, big_batch=0,
+                serve_batch=4, concurrency=[1, 4], serve_seconds=6.0, gan_workers=0, gan_concurrency=[]),
 }
 
 
@@ -97,9 +99,10 @@ def generate_speed(eager, comp, sizes: list[int], device: torch.device) -> dict:
     return out
 
 
-def train_speed(recipe: str, batch: int, steps: int, device: str) -> dict:
+def train_speed(recipe: str, batch: int, steps: int, device: str, *extra: str) -> dict:
     """Median steps/s the trainer itself logs, leaving out the first steps (allocator and cuDNN
-    warm-up) and the set-up, final checkpoint and sample grid around them."""
+    warm-up, compiling with train.compile=true) and the set-up, final checkpoint and sample grid
+    around them; ``extra``: more overrides (train.amp=true, train.compile=true)."""
     import json
 
     from genforge.config import load_config
@@ -107,27 +110,29 @@ def train_speed(recipe: str, batch: int, steps: int, device: str) -> dict:
 
     cfg = load_config(recipe, [f"train.steps={steps}", f"train.batch_size={batch}", f"train.device={device}",
                                "train.log_every=1", "train.sample_every=0", "train.ckpt_every=1000000",
-                               "train.tensorboard=false"])
+                               "train.tensorboard=false", *extra])
     with tempfile.TemporaryDirectory() as tmp:
         Trainer(cfg, Path(tmp) / "run").fit()
         recs = [json.loads(ln) for ln in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
     rates = [r["it_per_s"] for r in recs if "it_per_s" in r][max(2, steps // 5):]
     rate = statistics.median(rates)
-    print(f"train {recipe} batch {batch}: {rate:.2f} steps/s", flush=True)
-    return {"recipe": recipe, "batch_size": batch, "steps": steps, "steps_per_s": round(rate, 3),
-            "images_per_s": round(rate * batch, 1)}
+    print(f"train {recipe} batch {batch} {' '.join(extra)}: {rate:.2f} steps/s", flush=True)
+    return {"recipe": recipe, "batch_size": batch, "steps": steps, "overrides": list(extra),
+            "steps_per_s": round(rate, 3), "images_per_s": round(rate * batch, 1)}
 
 
 def serve_speed(model: str, device: str, batch: int, concurrency: list[int], seconds: float,
-                threads: int = 0) -> dict:
+                threads: int = 0, workers: int = 1) -> dict:
     """Eager server, then a --compile server started twice on one fresh inductor cache: the first
-    start compiles every bucket, the second should mostly read them back."""
+    start compiles every bucket, the second should mostly read them back. ``workers`` > 1 runs
+    that many server processes on the port (``serve --workers``)."""
     from serve_load import Server, _free_port, run_cell
 
     from genforge.serve.auth import KeyStore
 
     body = {"n": 1, "steps": 10, "sampler": "dpm++"}
-    out: dict = {"model": model, "max_batch_size": batch, "request": body, "cells": [], "ready_s": {}}
+    out: dict = {"model": model, "max_batch_size": batch, "workers": workers, "request": body, "cells": [],
+                 "ready_s": {}}
     with tempfile.TemporaryDirectory(prefix="genforge-gpu-bench-") as tmp:
         root = Path(tmp)
         store = KeyStore(root / "keys.json")
@@ -139,7 +144,7 @@ def serve_speed(model: str, device: str, batch: int, concurrency: list[int], sec
             for label, extra in [("eager", ()), ("compile_cold", ("--compile",)), ("compile_warm", ("--compile",))]:
                 t = time.perf_counter()
                 server = Server(model, _free_port(), root / "keys.json", root / f"jobs-{label}.db", batch, 10.0, threads,
-                                0.25, extra_args=("--device", device, *extra))
+                                0.25, extra_args=("--device", device, "--workers", str(workers), *extra))
                 try:
                     server.wait_ready(timeout=1800)
                     out["ready_s"][label] = round(time.perf_counter() - t, 1)
@@ -188,11 +193,18 @@ def main() -> None:
     if comp.compiled.failed:
         result["compile_failed"] = comp.compiled.failed
     if not args.no_train:
-        result["train"] = [train_speed(r, sizes["train_batch"], sizes["train_steps"], args.device)
-                           for r in ("diffusion_shapes", "sngan_shapes")]
+        batch, steps = sizes["train_batch"], sizes["train_steps"]
+        runs = [("diffusion_shapes", batch), ("diffusion_shapes", batch, "train.compile=true"),
+                ("sngan_shapes", batch), ("sngan_shapes", batch, "train.compile=true")]
+        if sizes["big_batch"]:
+            runs += [("diffusion_shapes", sizes["big_batch"]), ("diffusion_shapes", sizes["big_batch"], "train.amp=true")]
+        result["train"] = [train_speed(recipe, b, steps, args.device, *extra) for recipe, b, *extra in runs]
     if not args.no_serve:
         result["serve"] = serve_speed(args.model, args.device, sizes["serve_batch"], sizes["concurrency"],
                                       sizes["serve_seconds"], args.threads)
+        if sizes["gan_workers"]:
+            result["serve_gan_workers"] = serve_speed("dcgan-fashion", args.device, 32, sizes["gan_concurrency"],
+                                                      sizes["serve_seconds"], args.threads, sizes["gan_workers"])
     save(args.name or ("gpu" if args.device == "cuda" else "gpu_cpu"), result)
 
 

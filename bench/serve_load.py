@@ -12,6 +12,7 @@ speaks HTTP/1.1 over raw asyncio streams to keep that small (--client httpx for 
 
     python bench/serve_load.py [--model RUN_DIR_OR_SHIPPED] [--concurrency 1,8,32]
         [--batch-sizes 16,1] [--duration 20] [--n 1] [--steps 10] [--sampler dpm++]
+        [--server-args "--workers 4 --device cuda --compile"]
     python bench/serve_load.py --soak 10000 [--soak-concurrency 8] [--name serve_soak]
     python bench/serve_load.py --abuse [--abuse-seconds 30] [--slow-conns 300] [--uploads 30] [--nofile 300]
 
@@ -33,6 +34,7 @@ import argparse
 import asyncio
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -399,6 +401,8 @@ def main() -> None:
     ap.add_argument("--upload-rounds", type=int, default=3)
     ap.add_argument("--nofile", type=int, default=300, help="The abused server's open-file limit.")
     ap.add_argument("--max-decodes", type=int, default=0, help="The abused server's --max-decodes.")
+    ap.add_argument("--server-args", default="", help="More `genforge serve` options for the load cells, e.g. "
+                    "\"--workers 4 --device cuda --compile\" (one string, split as a shell would).")
     ap.add_argument("--name", default=None, help="Result file: bench/results/NAME.json "
                     "(default serve_load, serve_soak with --soak, serve_abuse with --abuse).")
     args = ap.parse_args()
@@ -416,7 +420,8 @@ def main() -> None:
         _, key = store.create("bench", "generate")
         _, admin = store.create("bench-metrics", "admin")
         body = {"n": args.n, "steps": args.steps, "sampler": args.sampler}
-        meta = {"model": args.model or "random dcgan z100 w64 32x32", "request": body,
+        server_args = tuple(shlex.split(args.server_args))
+        meta = {"model": args.model or "random dcgan z100 w64 32x32", "request": body, "server_args": server_args,
                 "max_wait_ms": args.max_wait_ms, "wait_fraction": args.wait_fraction, "client": args.client,
                 "cpu_count": os.cpu_count()}
         if args.abuse:
@@ -465,7 +470,7 @@ def main() -> None:
         cells = []
         for batch in batch_sizes:
             server = Server(model, _free_port(), root / "keys.json", root / f"jobs-{batch}.db", batch,
-                            args.max_wait_ms, args.threads, args.wait_fraction)
+                            args.max_wait_ms, args.threads, args.wait_fraction, extra_args=server_args)
             try:
                 server.wait_ready()
                 for c in concurrency:
