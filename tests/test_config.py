@@ -71,3 +71,7 @@ def test_config_is_checked_before_the_data_is_loaded(cli, tmp_path, monkeypatch)
         assert code == 2 and err.count("\n") == 1, err
         assert all(w in err for w in words), err
     assert not (tmp_path / "run").exists()
+    # the diffusion UNet halves the image once per level below the first: 30 px does not halve twice
+    code, out, err = cli("train", "diffusion_shapes", "data.image_size=30", "--out", tmp_path / "run")
+    assert code == 2 and err.count("\n") == 1 and "data.image_size=30" in err and "divisible by 4" in err, err
+    assert not (tmp_path / "run").exists()

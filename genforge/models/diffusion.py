@@ -36,6 +36,9 @@ class DiffusionModel(nn.Module):
         widths, attention = tuple(widths), tuple(attention)
         if len(widths) != len(attention):
             raise ValueError("widths and attention need one entry per resolution level")
+        if image_size % 2 ** (len(widths) - 1):
+            raise ValueError(f"image_size {image_size} must be divisible by {2 ** (len(widths) - 1)} "
+                             f"for {len(widths)} resolution levels")
         down = tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attention)
         up = tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention))
         self.num_classes = num_classes
