@@ -34,6 +34,13 @@ async function api(path, options = {}) {
   return body;
 }
 
+// the error of a response read raw (a stream, audio) rather than through api(): its status in words
+async function failure(res) {
+  let detail = res.statusText;
+  try { detail = (await res.json()).error.message; } catch (e) { /* not JSON: the status text */ }
+  return new Error(`${res.status}: ${WHY[res.status] || "The server could not accept those settings."} ${detail}`);
+}
+
 function setText(id, text) { $(id).textContent = text || ""; }
 
 function fillSelect(select, models) {
@@ -85,7 +92,8 @@ async function connect(ev) {
     $("classify").disabled = !clfs.length;
     updateGenFields();
     const text = showTextModels() + (typeof showLanguageModels === "function" ? showLanguageModels() : "")
-      + (typeof showVideoModels === "function" ? showVideoModels() : "");
+      + (typeof showVideoModels === "function" ? showVideoModels() : "")
+      + (typeof showSpeechModels === "function" ? showSpeechModels() : "");
     setText("key-status", `Connected: ${gens.length} image generator(s), ${clfs.length} classifier(s)${text}.`);
   } catch (e) {
     $("generate").disabled = $("classify").disabled = $("t2i-generate").disabled = true;

@@ -1,6 +1,6 @@
 // genforge web page, language models: text written token by token from the streaming completions
 // route (fetch + ReadableStream over server-sent events), and a translation box. Uses app.js's $,
-// state, setText and WHY; app.js calls showLanguageModels() once the key connects.
+// state, setText, fillSelect and failure; app.js calls showLanguageModels() once the key connects.
 "use strict";
 
 const LM_KIND = "text-generation", MT_KIND = "translation";
@@ -22,12 +22,6 @@ function showLanguageModels() {
 function updateLmFields() {
   const m = state.models.find((x) => x.id === $("lm-model").value);
   if (m && m.max_tokens) $("lm-max").max = m.max_tokens;
-}
-
-async function failure(res) {
-  let detail = res.statusText;
-  try { detail = (await res.json()).error.message; } catch (e) { /* not JSON: the status text */ }
-  return new Error(`${res.status}: ${WHY[res.status] || "The server could not accept those settings."} ${detail}`);
 }
 
 // the events of an SSE body, as they arrive: each is the text after "data: "
