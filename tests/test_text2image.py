@@ -164,3 +164,28 @@ def test_fid_of_a_text2image_run_draws_one_image_per_reference_caption(run, monk
     assert rep["n_fake"] == 6 and rep["guidance"] == 2.0 and rep["prompts"] and rep["fid"] >= 0
     with pytest.raises(GenforgeError, match="no captions"):
         fid_for_run(str(run), n=6, steps=2, device="cpu", data="digits")
+
+
+def test_caption_dropout_replaces_that_share_of_captions_with_the_empty_prompt(monkeypatch, tmp_path):
+    """Classifier-free guidance needs the model to have seen the empty prompt: cond_drop of the
+    batch's captions become "" and the rest are the items' own captions."""
+    import genforge.tasks.text2image as t2i
+    from genforge.data import load_dataset
+    from genforge.tasks import build_task
+
+    seen: list[list[str]] = []
+    real = t2i.tokenize_prompts
+    monkeypatch.setattr(t2i, "tokenize_prompts", lambda texts, *a: seen.append(list(texts)) or real(texts, *a))
+    idx = torch.arange(400) % 64
+    for drop in (0.0, 0.5):
+        cfg = load_config(None, TINY_T2I + [f"task_params.cond_drop={drop}"])
+        data = load_dataset(cfg.data)
+        task = build_task(cfg, data, tmp_path / f"r{drop}")
+        task.collate(data, idx, torch.Generator().manual_seed(0))
+        texts = seen[-1]
+        captions = data.column("caption")
+        kept = [(t, int(i)) for t, i in zip(texts, idx) if t]
+        assert all(t == captions[i] or t in captions[i] for t, i in kept)
+        empty = 1 - len(kept) / len(texts)
+        # a binomial share of 400 draws: 5 standard deviations (0.025 at p = 0.5) either side
+        assert abs(empty - drop) <= 5 * (drop * (1 - drop) / len(texts)) ** 0.5
