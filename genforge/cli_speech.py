@@ -6,7 +6,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Iterable, Optional
 
 import typer
 
@@ -20,6 +20,15 @@ SUBTYPES = {"16": "PCM_16", "float": "FLOAT"}
 def write_wav(path: Path, wav, sample_rate: int, subtype: str = "PCM_16") -> Path:
     """Write ``wav`` to ``path`` through a temporary file in the same folder, renamed into place, so a
     failure never leaves a half-written file under the asked-for name."""
+    return write_wav_chunks(path, [wav], sample_rate, subtype)[0]
+
+
+def write_wav_chunks(path: Path, chunks: Iterable, sample_rate: int, subtype: str = "PCM_16",
+                     gap: int = 0, check: Optional[Callable[[Any], None]] = None) -> tuple[Path, int]:
+    """``write_wav`` for audio that comes in chunks (one per sentence), ``gap`` zero samples between
+    them: each chunk goes to the temporary file as it comes, so a long text never holds its whole
+    audio in memory. ``check(chunk)`` may raise to abandon the file. Returns (path, samples)."""
+    import numpy as np
     import soundfile as sf
 
     path = Path(path).expanduser()
@@ -30,15 +39,24 @@ def write_wav(path: Path, wav, sample_rate: int, subtype: str = "PCM_16") -> Pat
         raise GenforgeError(f"--out {path} is a directory; give a file name such as out.wav")
     fd, tmp = tempfile.mkstemp(prefix=".speak-", suffix=".wav", dir=folder)
     os.close(fd)
+    samples = 0
     try:
-        sf.write(tmp, wav, sample_rate, subtype=subtype, format="WAV")
+        with sf.SoundFile(tmp, "w", samplerate=sample_rate, channels=1, subtype=subtype, format="WAV") as f:
+            for chunk in chunks:
+                if check is not None:
+                    check(chunk)
+                if samples and gap:
+                    f.write(np.zeros(gap, dtype=np.float32))
+                    samples += gap
+                f.write(chunk)
+                samples += len(chunk)
         os.replace(tmp, path)
     except OSError as e:
         raise GenforgeError(f"cannot write {path}: {e.strerror or e}") from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    return path
+    return path, samples
 
 
 def _read_text(text: Optional[str], file: Optional[Path]) -> str:
@@ -83,7 +101,7 @@ def speak_cmd(
 
     import numpy as np
 
-    from .pipelines.speech import check_controls, load_speech
+    from .pipelines.speech import GAP_SECONDS, check_controls, load_speech
 
     if sample_format not in SUBTYPES:
         raise GenforgeError(f"--format must be one of: {', '.join(SUBTYPES)}; got {sample_format!r}")
@@ -96,12 +114,16 @@ def speak_cmd(
 
         model = shipped_default("tts", "voice", "tts_joe")
     pipe = load_speech(model, vocoder, device=device)
+    def finite(chunk) -> None:
+        if not np.isfinite(chunk).all():
+            raise GenforgeError(f"{model} produced non-finite audio; the run is damaged or diverged")
+
     start = time.perf_counter()
-    wav, sr = pipe(words, rate=rate, pitch_shift=pitch, speaker=speaker)
+    sr = pipe.sample_rate
+    # sentence by sentence into the file: memory stays one sentence's audio, however long the text
+    path, samples = write_wav_chunks(out, pipe.stream(words, rate=rate, pitch_shift=pitch, speaker=speaker), sr,
+                                     SUBTYPES[sample_format], gap=int(GAP_SECONDS * sr), check=finite)
     took = time.perf_counter() - start
-    if not np.isfinite(wav).all():
-        raise GenforgeError(f"{model} produced non-finite audio; the run is damaged or diverged")
-    path = write_wav(out, wav, sr, SUBTYPES[sample_format])
-    seconds = len(wav) / sr
+    seconds = samples / sr
     typer.echo(f"wrote {path} ({seconds:.2f} s at {sr} Hz, vocoder {pipe.vocoder_name}; "
                f"made in {took:.2f} s, real-time factor {took / max(seconds, 1e-9):.3f})")

@@ -56,6 +56,11 @@ def test_normalize_folds_and_drops_foreign_characters():
     with pytest.warns(UserWarning, match="dropped 1 character.*\U0001F389"):
         assert normalize("Party \U0001F389 time") == "Party time"
     assert normalize("") == "" and normalize(" ?! ") == ""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # accented Latin is English spelling: no warning
+        normalize("Caf\u00e9 na\u00efve")
+    with pytest.warns(UserWarning, match="read 3 character.*another script.*\u0416\u0443\u043a"):
+        assert normalize("The word \u0416\u0443\u043a.") == "The word Zhuk."
 
 
 def test_split_sentences():

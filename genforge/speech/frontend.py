@@ -42,7 +42,7 @@ def _fold(text: str) -> str:
         return text
     from unidecode import unidecode
 
-    out, dropped = [], []
+    out, dropped, spelled = [], [], []
     for ch in text:
         if ch.isascii():
             out.append(ch)
@@ -54,9 +54,16 @@ def _fold(text: str) -> str:
             out.append(" ")
         else:
             out.append(t)
+            # accented Latin letters (café, naïve) are English spelling; other scripts are guessed at
+            if ch.isalnum() and not unicodedata.name(ch, "").startswith("LATIN"):
+                spelled.append(ch)
     if dropped:
         shown = "".join(dict.fromkeys(dropped))
         warnings.warn(f"normalize: dropped {len(dropped)} character(s) with no English reading: {shown}")
+    if spelled:
+        shown = "".join(dict.fromkeys(spelled))
+        warnings.warn(f"normalize: read {len(spelled)} character(s) of another script as English letters "
+                      f"(spelled, not translated): {shown}")
     return "".join(out)
 
 
