@@ -6,7 +6,8 @@ import pytest
 from typer.testing import CliRunner
 
 from genforge.cli import app
-from genforge.data import corpora
+from genforge.config import DataConfig, load_config
+from genforge.data import corpora, load_dataset
 from genforge.data.corpora import align_pairs, parse_imp, strip_osis, web_text
 
 OSIS = ('<w lemma="strong:H0430">In</w> <w>the</w> <w>beginning</w>, <w>God</w><note placement="foot">'
@@ -68,6 +69,96 @@ def test_missing_mod2imp_names_the_package(monkeypatch, tmp_path):
     with pytest.raises(Exception, match="libsword-utils"):
         corpora.build_text("web", tmp_path / "web")
     assert not (tmp_path / "web").exists()
+
+
+SPA_DUMP = """$$$Genesis 0:0
+Prefacio
+$$$Genesis 1:1
+<w>En el principio</w>
+$$$Genesis 1:2
+Segundo <note>nota</note>versículo
+$$$Exodus 1:1
+vacío en inglés
+$$$Exodus 1:2
+sólo aquí
+"""
+
+
+@pytest.fixture
+def fake_bibles(monkeypatch):
+    """The two SWORD modules as the small dumps above, so no Debian package is needed."""
+    modules = {corpora.WEB_MODULE: parse_imp(DUMP), corpora.SPARV_MODULE: parse_imp(SPA_DUMP)}
+    monkeypatch.setattr(corpora, "sword_module", lambda module: modules[module])
+
+
+def _build_pair(pair, out):
+    r = CliRunner().invoke(app, ["data", "parallel", "--pair", pair, "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    rows = [tuple(line.split("\t")) for line in (out / "pairs.tsv").read_text(encoding="utf-8").splitlines()]
+    return rows, json.loads((out / "metadata.json").read_text(encoding="utf-8"))
+
+
+def test_es_en_is_en_es_with_the_sides_swapped(fake_bibles, tmp_path):
+    en_es, meta_en = _build_pair("en-es", tmp_path / "en-es")
+    es_en, meta_es = _build_pair("es-en", tmp_path / "es-en")
+    assert en_es == [("In the beginning", "En el principio"), ("Second line", "Segundo versículo")]
+    assert es_en == [(t, s) for s, t in en_es]  # every pair reversed, nothing added or dropped
+    assert (meta_en["source_lang"], meta_en["target_lang"]) == ("en", "es")
+    assert (meta_es["pair"], meta_es["source_lang"], meta_es["target_lang"]) == ("es-en", "es", "en")
+    for key in ("source", "license", "pairs", "dropped", "max_length_ratio"):
+        assert meta_es[key] == meta_en[key], key
+    assert "public domain" in meta_es["license"] and "Reina-Valera 1909" in meta_es["source"]
+    # the parallel dataset reads it Spanish first and carries the pair and licence into the run
+    data = load_dataset(DataConfig(name="parallel", path=str(tmp_path / "es-en"), val_fraction=0.0))
+    assert data.column("source") == ["En el principio", "Segundo versículo"]
+    assert data.meta["pair"] == "es-en" and data.meta["license"] == meta_es["license"]
+
+
+def test_es_en_recipe_mirrors_en_es():
+    en, es = load_config("translate_en_es"), load_config("translate_es_en")
+    assert es.data.path == "data/parallel-es-en" and en.data.path == "data/parallel-en-es"
+    assert es.model_dump(exclude={"data"}) == en.model_dump(exclude={"data"})
+    assert es.data.model_dump(exclude={"path"}) == en.data.model_dump(exclude={"path"})
+
+
+def _docs_tree(root):
+    (root / "_sources" / "library").mkdir(parents=True)
+    (root / "_sources" / "index.rst.txt").write_text("Python Docs\n===========\n\n", encoding="utf-8")
+    (root / "_sources" / "library" / "os.rst.txt").write_text("\ufeff:mod:`os`\n----\n", encoding="utf-8")
+    (root / "_sources" / "library" / "notes.txt").write_text("not a source", encoding="utf-8")
+    (root / "_sources" / "a.rst.txt").write_bytes(b"caf\xe9\n")
+
+
+def test_python_docs_builds_from_a_folder(tmp_path):
+    _docs_tree(tmp_path / "html")
+    out = tmp_path / "out"
+    for source in (tmp_path / "html", tmp_path / "html" / "_sources"):  # the html folder or _sources
+        r = CliRunner().invoke(app, ["data", "text", "--corpus", "python-docs", "--source", str(source),
+                                     "--out", str(out)])
+        assert r.exit_code == 0, r.output
+        text = (out / "python-docs.txt").read_text(encoding="utf-8")
+        # files in path order, each stripped, one blank line between them; other files are not read
+        # a byte-order mark is dropped, bytes that are not UTF-8 become U+FFFD
+        assert text == "caf\ufffd\n\n\nPython Docs\n===========\n\n\n:mod:`os`\n----\n"
+        meta = json.loads((out / "metadata.json").read_text(encoding="utf-8"))
+        assert meta["corpus"] == "python-docs" and meta["file"] == "python-docs.txt"
+        assert meta["license"] == "PSF License Agreement (Python Software Foundation)"
+        assert "Python documentation" in meta["source"]
+        assert meta["files"] == 3 and meta["characters"] == len(text)
+        assert meta["sources"] == str(tmp_path / "html" / "_sources")
+    # the text dataset carries the licence into a run
+    data = load_dataset(DataConfig(name="text", path=str(out), val_fraction=0.0))
+    assert data.meta["license"] == meta["license"] and "Python Docs" in "".join(data.column("text"))
+
+
+def test_python_docs_source_errors_are_one_line(tmp_path):
+    cases = [(["--corpus", "python-docs", "--source", str(tmp_path / "none")], "is not a folder"),
+             (["--corpus", "python-docs", "--source", str(tmp_path)], "no *.rst.txt files under"),
+             (["--corpus", "web", "--source", str(tmp_path)], "--source applies to --corpus python-docs only")]
+    for args, msg in cases:
+        r = CliRunner().invoke(app, ["data", "text", *args, "--out", str(tmp_path / "x")])
+        assert r.exit_code != 0 and msg in str(r.exception), (args, r.exception)
+        assert not (tmp_path / "x").exists()
 
 
 needs_sword = pytest.mark.skipif(shutil.which("mod2imp") is None, reason="libsword-utils not installed")

@@ -95,6 +95,28 @@ def test_non_utf8_and_folder_errors_name_the_problem(tmp_path):
         load_dataset(DataConfig(name="parallel", path=str(tmp_path / "nope")))
 
 
+def test_empty_and_binary_parallel_files_are_one_line_errors_naming_the_file(cli, tmp_path):
+    empty = tmp_path / "empty.tsv"
+    empty.write_bytes(b"")
+    nul = tmp_path / "nul.tsv"
+    nul.write_bytes("hola\tadiós\n".encode() + b"a\0b\tc\n")  # decodes as UTF-8: only the NUL tells
+    utf16 = tmp_path / "utf16.tsv"
+    utf16.write_bytes("hello\thola\n".encode("utf-16-le"))  # a Windows "Unicode" save without a BOM
+    (tmp_path / "en.txt").write_text("a\nb\n")
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "pairs.tsv").write_text("\n  \n")
+    cases = [((empty,), f"no sentence pairs in {empty} (empty: no lines of text)"),
+             ((tmp_path / "folder",), f"no sentence pairs in {tmp_path / 'folder' / 'pairs.tsv'} (empty"),
+             ((nul,), f"{nul} looks binary (NUL byte at byte offset 13)"),
+             ((utf16,), f"{utf16} looks binary (NUL byte at byte offset 1)"),
+             ((tmp_path / "en.txt", f"data.target_path={nul}"), f"{nul} looks binary"),
+             ((empty, f"data.target_path={empty}"), f"no sentence pairs in {empty} + {empty} (empty")]
+    for (path, *extra), msg in cases:
+        code, out, err = cli("train", *_args(path, *extra), "--out", tmp_path / "run")
+        assert code == 2 and out == "", (path, err)
+        assert err.startswith("error: ") and msg in err and len(err.strip().splitlines()) == 1, err
+
+
 def test_split_is_disjoint_stable_and_follows_the_source(tmp_path):
     pairs = _pairs(400)
     cfg = DataConfig(name="parallel", path=str(_write_tsv(tmp_path / "a.tsv", pairs)), val_fraction=0.2)
@@ -192,6 +214,55 @@ def test_length_buckets_change_only_the_padding(run, tmp_path):
     # the same token losses summed in another grouping: float32 rounding only
     for key in ("loss", "nll", "token_acc"):
         torch.testing.assert_close(out[1][key], out[4][key], atol=1e-5, rtol=1e-5)
+
+
+class _FixedLogits(torch.nn.Module):
+    """Stands in for the seq2seq model: the same logits whatever the input."""
+
+    def __init__(self, logits):
+        super().__init__()
+        self.logits = logits
+
+    def forward(self, src, tgt_in):
+        return self.logits
+
+
+def test_label_smoothing_is_the_nll_uniform_mixture(tmp_path):
+    import math
+
+    from genforge.tasks import build_task
+    from genforge.text.tokenizer import BOS, EOS, PAD
+
+    tsv = _write_tsv(tmp_path / "p.tsv", _pairs(60))
+    # targets (after [BOS]) over a 5-token vocabulary: 5 real tokens, one padding position
+    target = torch.tensor([[BOS, 3, 4, EOS], [BOS, 4, EOS, PAD]])
+    logits = torch.tensor([[[0.5, -1.0, 2.0, 0.3, -0.7], [1.5, 0.0, -2.0, 0.8, 2.5], [-0.3, 0.4, 1.1, -1.2, 0.0]],
+                           [[2.0, 1.0, 0.0, -1.0, 3.0], [0.1, -0.4, 0.9, 1.7, -2.2], [9.0, -9.0, 9.0, -9.0, 9.0]]])
+    batch = {"source": torch.tensor([[5, EOS], [6, EOS]]), "target": target, "truncated": torch.tensor(0.0)}
+    # by hand, in float64: -log p_k = logsumexp(z) - z_k; uniform cross-entropy = the mean over all classes
+    nll, uniform, terms = [], [], 0.0
+    for row, tgt in zip(logits.double().tolist(), target[:, 1:].tolist()):
+        for z, y in zip(row, tgt):
+            if y == PAD:
+                continue  # the padded position (its extreme logits) must not count
+            lse = math.log(sum(math.exp(v) for v in z))
+            nll.append(lse - z[y])
+            uniform.append(sum(lse - v for v in z) / len(z))
+            terms = max(terms, *(lse - v for v in z))
+    n = len(nll)
+    assert n == 5
+    # float32: each of the ~n * (V + 1) summed terms (none above `terms`) rounds by a few eps of its size
+    tol = 4 * n * (len(logits[0, 0]) + 1) * terms * torch.finfo(torch.float32).eps / n
+    for eps in (0.0, 0.1, 0.3):
+        cfg = load_config(None, _args(tsv, f"task_params.label_smoothing={eps}", "task_params.eval_sentences=0"))
+        task = build_task(cfg, load_dataset(cfg.data))
+        task.nets["model"] = _FixedLogits(logits)
+        out = task.step(batch, lambda name, loss: None)
+        want = sum((1 - eps) * a + eps * b for a, b in zip(nll, uniform)) / n
+        assert abs(float(out["loss"]) - want) <= tol, (eps, float(out["loss"]), want, tol)
+        assert abs(float(out["nll"]) - sum(nll) / n) <= tol  # the reported nll is never smoothed
+        if eps:  # the check can tell the two apart
+            assert abs(want - sum(nll) / n) > 100 * tol
 
 
 def test_pipeline_translates_in_order_and_batching_changes_nothing(run):

@@ -5,7 +5,8 @@
 meta), or, with ``data.target_path`` set, a plain text file whose line i translates to line i of
 ``target_path``. A pair's side of the train/test split follows from a hash of its source sentence
 (as for ``text`` chunks), so it is the same on every machine and a repeated source sentence never sits
-on both sides. Lines without a tab and pairs with an empty side are skipped and counted in one warning.
+on both sides. Lines without a tab and pairs with an empty side are skipped and counted in one warning;
+a file holding a NUL byte (binary, or UTF-16) or bytes that are not UTF-8 is a one-line error.
 """
 from __future__ import annotations
 
@@ -16,17 +17,21 @@ from pathlib import Path
 from ..errors import GenforgeError
 from ..registry import register_dataset
 from . import Examples
-from .text import held_out
+from .text import binary_reason, held_out
 
 METADATA = "metadata.json"
 
 
 def read_utf8(path: Path) -> str:
-    """The text of ``path``; bytes that are not UTF-8 are a one-line error naming the byte offset."""
+    """The text of ``path``; a NUL byte or bytes that are not UTF-8 are a one-line error naming the byte
+    offset."""
     try:
         data = path.read_bytes()
     except OSError as e:
         raise GenforgeError(f"cannot read {path}: {e.strerror or e}") from None
+    why = binary_reason(path, data)
+    if why:
+        raise GenforgeError(f"{why}; give UTF-8 text (a UTF-16 file: iconv -f utf-16 -t utf-8)")
     try:
         return data.decode("utf-8-sig")  # a byte-order mark from a Windows editor is not text
     except UnicodeDecodeError as e:
@@ -120,7 +125,8 @@ def load_parallel(cfg) -> Examples:
                         for k, n in skipped.items() if n)
         warnings.warn(f"skipped {bad} line(s) of {source} ({why})")
     if not pairs:
-        raise GenforgeError(f"no sentence pairs in {source}; each line needs source<TAB>target text")
+        why = "empty: no lines of text" if not bad else f"all {bad} line(s) skipped"
+        raise GenforgeError(f"no sentence pairs in {source} ({why}); each line needs source<TAB>target text")
     if cfg.val_fraction > 0:
         test = cfg.split == "test"
         pairs = [p for p in pairs if held_out(p[0], cfg.val_fraction) == test]

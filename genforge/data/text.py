@@ -59,12 +59,19 @@ def held_out(chunk: str, fraction: float) -> bool:
     return int.from_bytes(digest[:8], "big") / 2 ** 64 < fraction
 
 
+def binary_reason(path: Path, raw: bytes) -> str:
+    """Why ``raw`` (the bytes of ``path``) is not text, if it holds a NUL byte (a binary or UTF-16 file,
+    which can still decode as UTF-8); "" when it holds none."""
+    nul = raw.find(b"\0")
+    return f"{path} looks binary (NUL byte at byte offset {nul})" if nul >= 0 else ""
+
+
 def read_text(path: Path) -> tuple[str | None, str]:
     """(text, "") of a UTF-8 file, or (None, why not) naming the file and the offset of its bad byte."""
     raw = path.read_bytes()
-    nul = raw.find(b"\0")
-    if nul >= 0:
-        return None, f"{path} looks binary (NUL byte at byte offset {nul})"
+    why = binary_reason(path, raw)
+    if why:
+        return None, why
     try:
         return raw.decode("utf-8").removeprefix("\ufeff"), ""
     except UnicodeDecodeError as e:
