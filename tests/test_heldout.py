@@ -90,3 +90,44 @@ def test_kid_std_is_over_distinct_subsets_for_small_sets():
     assert m["kid_subset_size"] == 50
     # subsets of half the set differ, so the spread is sampling spread, not rounding (was ~1e-13)
     assert m["kid_std"] > 1e-3 * abs(m["kid_mean"])
+
+
+def test_eval_accuracy_on_a_folder_without_held_out_images_warns_and_says_so(tmp_path, cli):
+    root = _pictures(tmp_path / "pics", n=40)
+    args = ["task=classify", "model.name=cnn", "model.params.width=4", "data.name=folder", f"data.path={root}",
+            "data.image_size=8", "data.channels=3", "train.steps=1", "train.batch_size=8",
+            "train.tensorboard=false"]
+    assert cli("train", *args, "data.val_fraction=0", "--out", tmp_path / "memo")[0] == 0
+    code, out, err = cli("eval", "accuracy", tmp_path / "memo")
+    assert code == 0, err
+    rep = json.loads(out)
+    assert rep["held_out"] is False and rep["split"] == "test" and rep["n"] == 40  # every image, trained on
+    assert "warning: split 'test' holds training images, so this accuracy measures memorisation" in err
+    # with a held-out split the same command scores only unseen images, without the warning
+    assert cli("train", *args, "data.val_fraction=0.25", "--out", tmp_path / "held")[0] == 0
+    code, out, err = cli("eval", "accuracy", tmp_path / "held")
+    assert code == 0, err
+    rep = json.loads(out)
+    assert rep["held_out"] is True and rep["n"] < 40 and "warning" not in err
+
+
+def test_tilde_in_a_folder_data_path_and_in_train_out_means_home(tmp_path, cli, monkeypatch):
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    cwd.mkdir()
+    _pictures(home / "pics", n=20)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(cwd)
+    code, out, err = cli("train", *TINY_GAN, "data.name=folder", "data.path=~/pics", "data.channels=3",
+                         "data.limit=null", "data.val_fraction=0", "train.steps=1", "--out", "~/runs/gan", "--json")
+    assert code == 0, err
+    assert (home / "runs" / "gan" / "model.safetensors").is_file()
+    assert json.loads(out)["run_dir"] == str(home / "runs" / "gan")
+    assert not (cwd / "~").exists()  # no folder literally named ~
+    # the folder behind ~/pics was read: 20 pictures of its two classes
+    from genforge.data import load_dataset
+
+    cfg = config_from_json(home / "runs" / "gan" / "config.json")
+    assert len(load_dataset(cfg.data)) == 20
+    # and the run can be read back through ~ too
+    code, out, err = cli("info", "~/runs/gan")
+    assert code == 0 and json.loads(out)["run_dir"] == str(home / "runs" / "gan")

@@ -229,3 +229,76 @@ def test_cli_models_lists_registries(cli):
     assert {"shapes", "fashion", "digits", "folder"} <= set(listing["datasets"])
     assert {"classifier", "inception"} <= set(listing["feature_nets"])
     assert "dcgan_fashion" in listing["recipes"] and "dcgan-fashion" in listing["shipped"]
+
+
+def test_cli_eval_fid_shows_progress_on_stderr_when_progress_is_on(runs, cli, monkeypatch):
+    args = ("eval", "fid", runs / "diff", "--feature-net", runs / "clf", "-n", "8", "--steps", "2")
+    code, out, err = cli(*args)  # the fixtures' GENFORGE_NO_PROGRESS: nothing but warnings
+    assert code == 0, err
+    assert "generate" not in err
+    monkeypatch.delenv("GENFORGE_NO_PROGRESS", raising=False)
+    code, out, err = cli(*args)
+    assert code == 0, err
+    assert "generate 2/2 (100%)" in err  # 8 images are one batch of 2 denoising steps, on stderr
+    assert json.loads(out)["n_fake"] == 8  # stdout stays the JSON report alone
+
+
+def test_cli_sample_nrow_puts_n_images_on_each_row(runs, cli, tmp_path):
+    import numpy as np
+
+    tile = 16 + 2  # 16 px images, 2 px padding around each
+    code, out, err = cli("sample", runs / "gan", "-n", "6", "--nrow", "4", "--grid", tmp_path / "g.png",
+                         "--out-dir", tmp_path / "imgs")
+    assert code == 0, err
+    grid = Image.open(tmp_path / "g.png")
+    assert grid.size == (2 + 4 * tile, 2 + 2 * tile)  # 4 on the first row, 2 on the second
+    # image i sits in row i // 4, column i % 4
+    pixels = np.asarray(grid)
+    for i, f in enumerate(sorted((tmp_path / "imgs").glob("*.png"))):
+        y, x = 2 + (i // 4) * tile, 2 + (i % 4) * tile
+        assert (pixels[y:y + 16, x:x + 16] == np.asarray(Image.open(f))).all(), f
+    code, _, err = cli("sample", runs / "gan", "-n", "6", "--grid", tmp_path / "sq.png")
+    assert code == 0 and Image.open(tmp_path / "sq.png").size == (2 + 3 * tile, 2 + 2 * tile)  # default: 3
+    # on a class-conditional run --nrow overrides the one-class-per-row layout (10 digit classes)
+    code, _, err = cli("sample", runs / "cgan", "-n", "20", "--nrow", "4", "--grid", tmp_path / "c.png")
+    assert code == 0, err
+    assert Image.open(tmp_path / "c.png").size == (2 + 4 * tile, 2 + 5 * tile)
+    code, _, err = cli("sample", runs / "cgan", "-n", "20", "--grid", tmp_path / "c10.png")
+    assert code == 0 and Image.open(tmp_path / "c10.png").size == (2 + 2 * tile, 2 + 10 * tile)
+
+
+@pytest.mark.parametrize("flags,named", [(["--sampler", "ddim"], "--sampler"), (["--steps", "7"], "--steps"),
+                                         (["--sampler", "ddpm", "--steps", "3"], "--steps, --sampler")])
+def test_cli_sample_gan_warns_that_it_ignores_sampler_and_steps(runs, cli, tmp_path, flags, named):
+    code, _, err = cli("sample", runs / "gan", "-n", "2", "--grid", tmp_path / "plain.png")
+    assert code == 0 and "warning" not in err
+    code, _, err = cli("sample", runs / "gan", "-n", "2", *flags, "--grid", tmp_path / "flags.png")
+    assert code == 0, err
+    assert f"warning: {named} ignored: a GAN makes its images in one pass" in err
+    assert len([x for x in err.splitlines() if x.startswith("warning")]) == 1
+    # ignored means ignored: the same images
+    assert Image.open(tmp_path / "flags.png").tobytes() == Image.open(tmp_path / "plain.png").tobytes()
+    # a diffusion run uses them, so it does not warn
+    code, _, err = cli("sample", runs / "diff", "-n", "1", "--sampler", "ddim", "--steps", "2", "--grid",
+                       tmp_path / "d.png")
+    assert code == 0 and "warning" not in err
+
+
+def test_cli_sample_labels_take_class_names_in_any_case(cli, tmp_path):
+    from serve_helpers import make_run
+
+    run = make_run(tmp_path, "cgan", "gan", "cgan", {"z_dim": 16, "width": 8, "d_width": 8, "image_size": 16,
+                                                     "channels": 1, "num_classes": 3}, ["T-shirt", "Sneaker", "Bag"])
+
+    def images(labels):
+        out = tmp_path / f"imgs-{len(list(tmp_path.iterdir()))}"
+        code, _, err = cli("sample", run, "-n", "2", "--labels", labels, "--out-dir", out)
+        assert code == 0, err
+        return [Image.open(f).tobytes() for f in sorted(out.glob("*.png"))]
+
+    sneaker = images("1")
+    assert images("sNeAkEr") == images("Sneaker") == images("SNEAKER") == sneaker
+    assert images("sNeAkEr") != images("t-SHIRT")  # a name picks its own class, not any class
+    assert images("bAG, sneaker") == images("2,1")
+    code, _, err = cli("sample", run, "--labels", "sneakers", "--grid", tmp_path / "x.png")
+    assert code == 2 and "'sneakers' is not a class" in err and "Sneaker" in err

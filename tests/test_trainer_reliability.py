@@ -226,3 +226,63 @@ def test_a_run_directory_being_trained_refuses_a_second_trainer(tmp_path, cli):
     fresh.mkdir()
     (fresh / ".lock").write_text("pid 1\n")
     assert cli("train", *TINY_GAN, "train.steps=1", "--out", fresh)[0] == 0
+
+
+def _record_durability(monkeypatch) -> list[tuple]:
+    """Record, in order, each fsync as ("fsync", inode) and each rename as ("replace", inode of what
+    moved, destination, inode of the destination's folder), then let the real call run; an inode names a
+    file or folder across renames (the folder may be renamed itself later)."""
+    import os
+
+    events, real_fsync, real_replace = [], os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.fstat(fd).st_ino))
+        return real_fsync(fd)
+
+    def replace(src, dst, **kw):
+        events.append(("replace", os.stat(src).st_ino, Path(dst), os.stat(Path(dst).parent).st_ino))
+        return real_replace(src, dst, **kw)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    return events
+
+
+def _assert_durable(events: list[tuple], dst: Path) -> None:
+    """The rename onto ``dst`` is preceded by an fsync of what was renamed (its data, or for a folder
+    its entries, is on disk before the name points at it) and followed, before any later rename, by an
+    fsync of the folder holding ``dst`` (the new name survives a power cut before anything builds on it)."""
+    at = next(i for i, e in enumerate(events) if e[0] == "replace" and e[2] == dst)
+    _, moved, _, parent = events[at]
+    nxt = next((i for i in range(at + 1, len(events)) if events[i][0] == "replace"), len(events))
+    assert ("fsync", moved) in events[:at], f"{dst.name} renamed into place before its fsync"
+    assert ("fsync", parent) in events[at + 1:nxt], f"{dst.parent} not fsynced right after {dst.name}'s rename"
+
+
+def test_checkpoint_files_are_fsynced_before_the_rename_and_their_folder_after(tmp_path, monkeypatch):
+    events = _record_durability(monkeypatch)
+    files = {"model": {"w": torch.ones(3)}, "optim": {"m": torch.zeros(2)}}
+    final = ckpt.write_state(tmp_path, 7, files, {"step": 7}, keep_last=2)
+    root = tmp_path / "train_state"
+    # each file of the resume point is durable inside the hidden folder before the folder is renamed ...
+    tmp = root / ".step_00000007.tmp"
+    for name in ("model.safetensors", "optim.safetensors", "state.json"):
+        _assert_durable(events, tmp / name)
+    # ... so the folder's rename publishes only complete files, and then the pointer to it moves
+    _assert_durable(events, final)
+    _assert_durable(events, root / "latest")
+    renames = [e[2] for e in events if e[0] == "replace"]
+    assert renames.index(final) < renames.index(root / "latest")
+    assert ckpt.latest_state(tmp_path) == final and ckpt.state_step(final) == 7
+
+
+def test_every_file_a_training_run_writes_is_fsynced_around_its_rename(tmp_path, monkeypatch):
+    events = _record_durability(monkeypatch)
+    run = tmp_path / "run"
+    Trainer(load_config(None, TINY_GAN + ["train.steps=2", "train.ckpt_every=2"]), run).fit()
+    renamed = [e[2] for e in events if e[0] == "replace"]
+    # the atomic writers (weights, config, samples) as well as the resume point
+    assert {run / "model.safetensors", run / "config.json", run / "train_state" / "latest"} <= set(renamed)
+    for dst in renamed:
+        _assert_durable(events, dst)
