@@ -16,6 +16,9 @@ each object at its cell; default: the run's (grid for models trained on shapes).
 
 --rprecision adds R-precision (genforge/eval/rprecision.py) per prompt set, judged by a contrastive
 run: of the generated images, and of the real test scenes the prompts describe (the ceiling).
+
+The prompt sets and the scoring are genforge/eval/text2image_eval.py's, which `genforge eval text2image`
+runs at one guidance with the real scenes' verifier ceiling beside each set.
 """
 from __future__ import annotations
 
@@ -31,57 +34,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import peak_rss_mb, save  # noqa: E402
 
 import genforge  # noqa: E402
-from genforge.data import load_dataset  # noqa: E402
-from genforge.data.transforms import to_uint8  # noqa: E402
-from genforge.eval.verify import score  # noqa: E402
-
-
-def prompt_sets(cfg, n: int, scenes: dict | None = None) -> dict[str, list[str]]:
-    """Captions per set; ``scenes``, when given, receives each set's real test images alongside."""
-    data = cfg.data.model_copy(update={"holdout": "default", "split": "test"})
-
-    def captions(name: str, compositions: str, keep) -> list[str]:
-        # the stream is fixed per index, so a larger prefix only adds scenes
-        got = load_dataset(data.model_copy(update={"compositions": compositions, "limit": 6 * n,
-                                                    "num_items": max(data.num_items, 6 * n)}))
-        rows = [i for i, s in enumerate(got.column("spec")) if keep(s)][:n]
-        if scenes is not None:
-            scenes[name] = got.column("image")[torch.tensor(rows, dtype=torch.long)]
-        return [got.column("caption")[i] for i in rows]
-
-    return {"seen_one_object": captions("seen_one_object", "seen", lambda s: len(s.objects) == 1),
-            "seen_two_objects": captions("seen_two_objects", "seen", lambda s: len(s.objects) == 2),
-            "heldout": captions("heldout", "heldout", lambda s: True)}
+from genforge.eval.text2image_eval import RPrecisionScorer, draw, judge, prompt_sets  # noqa: E402
 
 
 def rprecision(pipe, sets: dict[str, list[str]], real: dict, scorer_run: str, guidances: list[float],
-               r: int, seed: int, pool_size: int) -> dict:
+               r: int, seed: int, pool_size: int, steps: int | None = None) -> dict:
     """R-precision per prompt set of real test scenes and of generated images; distractors come from
     the scorer's own test captions (a stream neither model trained on)."""
-    from genforge.data.transforms import to_float
-    from genforge.eval.rprecision import load_scorer, score_images
-
-    model, tok, ccfg = load_scorer(scorer_run)
-    pool_data = ccfg.data.model_copy(update={"split": "test", "limit": pool_size,
-                                             "num_items": max(ccfg.data.num_items, pool_size)})
-    pool = [c if isinstance(c, str) else c[0] for c in load_dataset(pool_data).column("caption")]
-    out: dict = {"scorer": str(scorer_run), "r": r, "pool": len(pool), "seed": seed,
-                 "real": {k: round(score_images(model, tok, to_float(real[k]), ps, pool, r, seed), 4)
-                          for k, ps in sets.items()}}
+    scorer = RPrecisionScorer(scorer_run, pool_size=pool_size, r=r, seed=seed)
+    out: dict = {**scorer.info(), "real": scorer.score_sets(real, sets)}
     for g in guidances:
-        out[f"guidance_{g:g}"] = {
-            k: round(score_images(model, tok, pipe.generate(n=len(ps), seed=seed, prompt=ps, guidance=g),
-                                  ps, pool, r, seed), 4) for k, ps in sets.items()}
+        out[f"guidance_{g:g}"] = scorer.score_sets(
+            {k: draw(pipe, ps, seed=seed, guidance=g, steps=steps) for k, ps in sets.items()}, sets)
     for k, v in out.items():
         if isinstance(v, dict):
             print(f"R-precision (R={r}) {k}: " + ", ".join(f"{n} {x:.3f}" for n, x in v.items()), flush=True)
     return out
-
-
-def judge(images: torch.Tensor, prompts: list[str]) -> dict:
-    report = score(to_uint8(images), prompts)
-    return {"n": report["n"], "all_correct": round(report["all_correct"], 4),
-            "accuracy": {k: (None if v is None else round(v, 4)) for k, v in report["accuracy"].items()}}
 
 
 def speed(pipe, prompt: str, reps: int = 3, **kw) -> dict:
@@ -123,12 +91,12 @@ def main() -> None:
     scales = [] if args.skip_verify else [float(g) for g in args.guidance.split(",")]
     if args.rprecision:
         rp = rprecision(pipe, sets, real, args.rprecision,
-                        [float(g) for g in args.rprecision_guidance.split(",")], args.r, args.seed, args.pool)
+                        [float(g) for g in args.rprecision_guidance.split(",")], args.r, args.seed, args.pool,
+                        args.steps)
     quality: dict = {}
     for g in scales:
         quality[f"guidance_{g:g}"] = {
-            name: judge(pipe.generate(n=len(ps), seed=args.seed, prompt=ps, guidance=g, steps=args.steps), ps)
-            for name, ps in sets.items()}
+            name: judge(draw(pipe, ps, seed=args.seed, guidance=g, steps=args.steps), ps) for name, ps in sets.items()}
         print(f"guidance {g:g}: " + ", ".join(f"{k} {v['all_correct']:.3f}"
                                                for k, v in quality[f"guidance_{g:g}"].items()), flush=True)
     result = {"run": str(pipe.run_dir), "steps": args.steps or pipe.default_steps, "layout": layout,
@@ -142,7 +110,7 @@ def main() -> None:
     if args.gan:
         gan = genforge.load(args.gan, device="cpu")
         result["gan"] = {"run": str(gan.run_dir), "quality": {
-            name: judge(gan.generate(n=len(ps), seed=args.seed, prompt=ps), ps) for name, ps in sets.items()},
+            name: judge(draw(gan, ps, seed=args.seed), ps) for name, ps in sets.items()},
             "speed_8_images": speed(gan, sets["seen_two_objects"][0])}
     result["peak_rss_mb"] = round(peak_rss_mb(), 1)
     save(args.name, result)

@@ -20,6 +20,8 @@ it never trained on) it measures:
   their RTF and Whisper WER. Festival and espeak-ng run as one process per sentence, as genforge's
   teacher code calls them, so their RTF includes process start and voice loading;
 - peak RSS; and writes a PNG of the teacher's mel over genforge's for the first clip.
+RTF, MCD and the WERs come from ``genforge.eval.speech_eval.evaluate_speech`` (what ``genforge eval speech``
+reports); this script adds the test-split mode, first-chunk latency, ONNX timing, peak RSS and the PNG.
 JSON to bench/results/tts.json (``--name`` changes it).
 """
 from __future__ import annotations
@@ -153,36 +155,6 @@ def onnx_rtf(pipe, sentences: list[list[int]], threads: int, rounds: int) -> dic
     return out
 
 
-def other_voices(names: list[str], texts: list[str], threads: int, asr) -> dict:
-    """RTF and (with ``asr``) Whisper WER of each named teacher voice speaking ``texts``; a voice that
-    is not installed gets its error message instead."""
-    from genforge.data.speech_corpus import Teacher
-    from genforge.errors import GenforgeError
-    from genforge.eval.speech_metrics import intelligibility
-
-    out = {}
-    for name in names:
-        try:
-            voice = Teacher(name, threads)
-            voice.speak("Warm up.")
-            waves, seconds, sr = [], 0.0, 22050
-            for text in texts:
-                t0 = time.perf_counter()
-                wav, sr = voice.speak(text)
-                seconds += time.perf_counter() - t0
-                waves.append(wav)
-        except GenforgeError as e:
-            out[name] = {"error": str(e)}
-            continue
-        audio_s = sum(len(w) for w in waves) / sr
-        entry = {"sample_rate": sr, "audio_seconds": round(audio_s, 2), "rtf": round(seconds / audio_s, 4),
-                 "rtf_includes_process_start": name != "piper-joe"}
-        if asr is not None:
-            entry = {**entry, **intelligibility(texts, waves, sr, asr, synth_seconds=seconds)}
-        out[name] = entry
-    return out
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", help="acoustic (tts) run dir")
@@ -210,64 +182,23 @@ def main() -> None:
 
     from genforge.audio.features import log_mel
     from genforge.data import load_dataset
-    from genforge.eval.speech_metrics import mcd
+    from genforge.eval.speech_eval import evaluate_speech
     from genforge.pipelines.speech import load_speech
-    from genforge.speech.frontend import text_to_ids
 
     pipe = load_speech(args.model, args.vocoder, device="cpu")
-    sr = pipe.sample_rate
     if args.sentences:  # sentences the corpus never spoke; the teacher speaks them now
-        from genforge.data.speech import trim_silence
-        from genforge.data.speech_corpus import Teacher
-
         texts = [t.strip() for t in Path(args.sentences).read_text(encoding="utf-8").splitlines() if t.strip()]
-        texts = texts[:args.n]
-        teacher_voice = Teacher(args.teacher, args.threads)
-        teacher_voice.speak("Warm up.")
-        teacher_audio, teacher_s, teacher_samples = [], 0.0, 0
-        for text in texts:
-            t0 = time.perf_counter()
-            wav, teacher_sr = teacher_voice.speak(text)
-            teacher_s += time.perf_counter() - t0
-            teacher_samples += len(wav)
-            if teacher_sr != sr:
-                raise SystemExit(f"the teacher speaks at {teacher_sr} Hz, the voice at {sr} Hz")
-            teacher_audio.append(trim_silence(np.asarray(wav, dtype=np.float32)))  # as the corpus loader does
-        teacher_mels = [log_mel(torch.from_numpy(w)) for w in teacher_audio]
-        # the teacher's speed on the same sentences in this same process (over its untrimmed audio)
-        teacher_rtf = teacher_s / (teacher_samples / sr)
+        texts, reference = texts[:args.n], None
     else:  # the run's own test split: the teacher's clips of sentences it never trained on
         held = load_dataset(pipe.cfg.data.model_copy(update={"split": "test", "limit": args.n}))
         texts = list(held.column("text"))
-        teacher_audio = [np.asarray(a, dtype=np.float32) for a in held.column("audio")]
-        teacher_mels = [torch.as_tensor(m, dtype=torch.float32) for m in held.column("mel")]
-        teacher_rtf = None
-
-    # warm-up: first calls allocate and pick kernels
-    list(pipe.stream("Warm up."))
-    t_ac = t_voc = 0.0
-    audio_s, waves, mcds, copy_mcds, mels, all_ids = 0.0, [], [], [], [], []
-    for i, text in enumerate(texts):
-        sentences = text_to_ids(text, pipe.inventory)
-        all_ids += sentences
-        parts = []
-        for ids in sentences:
-            t0 = time.perf_counter()
-            mel = pipe.mel(ids)
-            t1 = time.perf_counter()
-            parts.append(pipe.vocode(mel))
-            t_voc += time.perf_counter() - t1
-            t_ac += t1 - t0
-        wav = np.concatenate(parts)
-        waves.append(wav)
-        audio_s += len(wav) / sr
-        teacher = teacher_mels[i]
-        ours = log_mel(torch.from_numpy(wav))
-        mcds.append(mcd(ours, teacher))
-        copy = pipe.vocode(teacher)
-        copy_mcds.append(mcd(log_mel(torch.from_numpy(copy)), teacher))
-        if i == 0:
-            mels = (teacher.numpy(), ours.numpy())
+        reference = [np.asarray(a, dtype=np.float32) for a in held.column("audio")]
+    names = [v.strip() for v in args.voices.split(",") if v.strip()]
+    audio: dict = {}
+    result = evaluate_speech(pipe, texts, teacher=args.teacher if args.sentences else None, voices=names,
+                             threads=args.threads, reference=reference, whisper=not args.no_whisper,
+                             audio=audio)
+    result["sentences"] = args.sentences or "the run's test split"
 
     firsts = []
     for _ in range(3):
@@ -275,47 +206,20 @@ def main() -> None:
         it = pipe.stream(PARAGRAPH)
         next(iter(it))
         firsts.append(time.perf_counter() - t0)
-
-    result = {
-        "model": str(pipe.run_dir), "vocoder": pipe.vocoder_name, "clips": len(texts),
-        "sentences": args.sentences or "the run's test split",
-        "audio_seconds": round(audio_s, 2),
-        "rtf": round((t_ac + t_voc) / audio_s, 4), "rtf_acoustic": round(t_ac / audio_s, 4),
-        "rtf_vocoder": round(t_voc / audio_s, 4),
-        "first_chunk_s": round(float(np.median(firsts)), 4),
-        "rtf_teacher": round(teacher_rtf, 4) if teacher_rtf is not None else None,
-        "mcd_db": round(float(np.mean(mcds)), 3), "mcd_copy_synthesis_db": round(float(np.mean(copy_mcds)), 3),
-        "acoustic_params_m": round(sum(p.numel() for p in pipe.model.parameters()) / 1e6, 3),
-        "vocoder_params_m": round(sum(p.numel() for p in pipe.vocoder.model.parameters()) / 1e6, 3)
-        if pipe.vocoder is not None else 0,
-    }
+    result["first_chunk_s"] = round(float(np.median(firsts)), 4)
     if args.onnx_rounds > 0:
         if pipe.vocoder is None:
             result["onnx"] = {"error": "Griffin-Lim has no ONNX export: give a trained vocoder (--vocoder)"}
         else:
-            result["onnx"] = onnx_rtf(pipe, all_ids, args.threads, args.onnx_rounds)
+            result["onnx"] = onnx_rtf(pipe, audio["genforge"].ids, args.threads, args.onnx_rounds)
             result["rtf_onnx"] = result["onnx"]["onnxruntime"]["rtf"]
-    asr = None
-    if not args.no_whisper:
-        from genforge.eval.speech_metrics import Transcriber, intelligibility
-
-        asr = Transcriber(threads=args.threads)
-        result["whisper_genforge"] = intelligibility(texts, waves, sr, asr, synth_seconds=t_ac + t_voc)
-        result["whisper_teacher"] = intelligibility(texts, teacher_audio, sr, asr)
-        result["wer"] = result["whisper_genforge"]["wer"]
-        result["wer_teacher"] = result["whisper_teacher"]["wer"]
-    names = [v.strip() for v in args.voices.split(",") if v.strip()]
-    if names:
-        result["voices"] = other_voices(names, texts, args.threads, asr)
-        result["wer_voices"] = {k: v.get("wer") for k, v in result["voices"].items()}
-        result["rtf_voices"] = {k: v.get("rtf") for k, v in result["voices"].items()}
+    mels = (log_mel(torch.from_numpy(audio["reference"][0])).numpy(),
+            log_mel(torch.from_numpy(audio["genforge"].waves[0])).numpy())
     png = RESULTS / f"{args.name}_mel.png"
     RESULTS.mkdir(parents=True, exist_ok=True)
     mel_png(png, *mels)
     result["mel_png"] = str(png.relative_to(RESULTS.parent.parent))
     result["peak_rss_mb"] = round(peak_rss_mb(), 1)
-    # other processes' load changes every RTF here several-fold on a small machine: recorded with them
-    result["load_average_1min"] = round(__import__("os").getloadavg()[0], 2)
     save(args.name, result)
 
 

@@ -709,6 +709,7 @@ from . import cli_data  # noqa: E402,F401
 from . import cli_speech_data  # noqa: E402,F401
 from . import cli_translate  # noqa: E402,F401
 from . import cli_video  # noqa: E402,F401
+from . import cli_text2image  # noqa: E402,F401
 from . import cli_speech  # noqa: E402,F401
 
 

@@ -1,6 +1,7 @@
 """`genforge data speech`: an LJSpeech-layout corpus spoken by a local teacher voice
 (see genforge/data/speech_corpus.py); `genforge eval intelligibility`: how well Whisper understands a
-voice or a corpus's recordings."""
+voice or a corpus's recordings; `genforge eval speech`: RTF, MCD against the teacher and Whisper WER of a
+voice beside the other voices (genforge/eval/speech_eval.py)."""
 from __future__ import annotations
 
 import json
@@ -47,6 +48,19 @@ def _texts_file(path: Path, n: int) -> list[str]:
     return lines[:n]
 
 
+def _heldout(pipe, texts: Optional[Path]) -> Path:
+    """``texts``, else the heldout.txt that `genforge data speech` wrote beside the run's corpus."""
+    if texts is not None:
+        return texts
+    data_path = pipe.cfg.data.path
+    if not data_path:
+        raise GenforgeError("the run names no data.path, so there is no heldout.txt to read; give --texts FILE")
+    held = Path(data_path) / "heldout.txt"
+    if not held.is_file():
+        raise GenforgeError(f"no heldout.txt beside the run's data ({data_path}); give --texts FILE")
+    return held
+
+
 @eval_app.command("intelligibility")
 def eval_intelligibility(
     source: Path = typer.Argument(..., help="An acoustic (tts) run dir, or a speech folder (metadata.csv + "
@@ -86,14 +100,59 @@ def eval_intelligibility(
         from .pipelines.speech import load_speech
 
         pipe = load_speech(source, vocoder, device)
-        if texts is None:
-            data_path = pipe.cfg.data.path
-            texts = Path(data_path) / "heldout.txt" if data_path else None
-            if texts is None or not texts.is_file():
-                raise GenforgeError(f"no heldout.txt beside the run's data ({data_path}); give --texts FILE")
-        said = _texts_file(texts, n)
+        said = _texts_file(_heldout(pipe, texts), n)
         t0 = time.perf_counter()
         waves = [pipe(t)[0] for t in said]
         synth = time.perf_counter() - t0
         result = intelligibility(said, waves, pipe.sample_rate, Transcriber(threads), synth_seconds=synth)
     typer.echo(json.dumps({"source": str(source), **result}, ensure_ascii=False))
+
+
+@eval_app.command("speech")
+def eval_speech(
+    run_dir: str = typer.Argument(..., help="An acoustic (tts) run dir or a shipped voice (voice-joe)."),
+    texts: Optional[Path] = typer.Option(None, "--texts", help="Sentences to speak, one per line (default: "
+                                         "heldout.txt beside the run's data.path)."),
+    n: int = typer.Option(20, "--n", min=1, help="Score at most this many sentences."),
+    vocoder: Optional[str] = typer.Option(None, "--vocoder", help="Vocoder run dir (default: the run's own)."),
+    voices: Optional[str] = typer.Option(None, "--voices", help="Other voices to score on the same sentences, "
+                                         "comma-separated from piper-joe,festival,espeak ('' for none; "
+                                         "default: every one installed)."),
+    teacher: Optional[str] = typer.Option(None, "--teacher", help="Voice whose audio MCD compares against "
+                                          "(default: the teacher of the run's corpus, else piper-joe)."),
+    threads: int = typer.Option(1, "--threads", min=1, help="CPU threads of PyTorch, Piper and Whisper."),
+    device: str = typer.Option("auto", "--device"),
+    out: Optional[Path] = typer.Option(None, "--out", help="Also write the JSON report here."),
+):
+    """Real-time factor, mel-cepstral distortion against the teacher on held-out sentences, and Whisper
+    tiny.en WER, beside the WER and RTF of Piper joe, Festival HTS and espeak-ng on the same sentences."""
+    from .eval.speech_eval import DEFAULT_TEACHER, VOICES, check_voices, evaluate_speech, open_voice, \
+        recorded_teacher
+    from .pipelines.speech import load_speech
+    from .train.checkpoint import atomic_write_json, check_writable
+
+    if out is not None:
+        check_writable(out.parent)
+    names = check_voices(VOICES if voices is None else voices.split(","))
+    if teacher is not None:
+        check_voices([teacher])
+    pipe = load_speech(run_dir, vocoder, device)
+    texts = _heldout(pipe, texts)
+    said = _texts_file(texts, n)
+    teacher = teacher or recorded_teacher(pipe.cfg) or DEFAULT_TEACHER
+    opened, skipped = {}, {}
+    for name in names:
+        try:
+            opened[name] = open_voice(name, threads)
+        except GenforgeError as e:
+            skipped[name] = str(e)
+            typer.echo(f"warning: voice {name} skipped: {e}", err=True)
+    # the teacher must speak: MCD needs its audio (a missing one is an error, not a skip)
+    teacher_voice = opened.get(teacher) or open_voice(teacher, threads)
+    report = evaluate_speech(pipe, said, teacher=teacher_voice, voices=list(opened.values()), threads=threads)
+    report = {"source": run_dir, "texts": str(texts), **report}
+    if skipped:
+        report["voices_skipped"] = skipped
+    if out is not None:
+        atomic_write_json(out, report)
+    typer.echo(json.dumps(report, indent=2, ensure_ascii=False))

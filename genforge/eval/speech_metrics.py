@@ -121,6 +121,18 @@ def rtf(seconds_compute: float, seconds_audio: float) -> float:
     return float(seconds_compute) / float(seconds_audio)
 
 
+def resample(wav: np.ndarray, rate: int, target: int) -> np.ndarray:
+    """float32 ``wav`` from ``rate`` to ``target`` Hz with scipy's polyphase resampler (as the speech
+    loader resamples clips); unchanged when the rates agree."""
+    wav = np.asarray(wav, dtype=np.float32)
+    if int(rate) == int(target) or wav.size == 0:
+        return wav
+    from scipy.signal import resample_poly
+
+    g = math.gcd(int(rate), int(target))
+    return resample_poly(wav, int(target) // g, int(rate) // g).astype(np.float32)
+
+
 def _numpy(x) -> np.ndarray:
     if hasattr(x, "detach"):
         x = x.detach().cpu().double().numpy()
@@ -150,14 +162,9 @@ class Transcriber:
 
     def transcribe(self, waves: Sequence, sample_rate: int) -> list[str]:
         """English text of each mono float32 wave (any rate: resampled to Whisper's 16 kHz)."""
-        from scipy.signal import resample_poly
-
         out = []
         for w in waves:
-            w = _numpy(w).astype(np.float32).reshape(-1)
-            if sample_rate != WHISPER_RATE:
-                g = math.gcd(int(sample_rate), WHISPER_RATE)
-                w = resample_poly(w, WHISPER_RATE // g, int(sample_rate) // g).astype(np.float32)
+            w = resample(_numpy(w).astype(np.float32).reshape(-1), sample_rate, WHISPER_RATE)
             if w.size == 0:
                 out.append("")
                 continue
