@@ -1,6 +1,6 @@
 """Eager vs compiled speed in one command: UNet forward per batch size, single-image generate latency,
-large-batch throughput, training steps/s (eager, train.compile=true, and on CUDA batch 512 with and
-without train.amp), and serving latency/throughput (with the compile cache cold and then warm across a
+large-batch throughput, training steps/s (eager, train.compile=true, and on CUDA batch 512 eager, fp16
+and bf16 autocast), and serving latency/throughput (with the compile cache cold and then warm across a
 server restart; on CUDA also the DCGAN with --workers at concurrency 1/8/32, eager and compiled).
 
     python bench/gpu.py                      # CUDA: full sizes, CUDA graphs (reduce-overhead)
@@ -197,7 +197,9 @@ def main() -> None:
         runs = [("diffusion_shapes", batch), ("diffusion_shapes", batch, "train.compile=true"),
                 ("sngan_shapes", batch), ("sngan_shapes", batch, "train.compile=true")]
         if sizes["big_batch"]:
-            runs += [("diffusion_shapes", sizes["big_batch"]), ("diffusion_shapes", sizes["big_batch"], "train.amp=true")]
+            big = sizes["big_batch"]
+            runs += [("diffusion_shapes", big), ("diffusion_shapes", big, "train.amp=true"),
+                     ("diffusion_shapes", big, "train.amp=true", "train.amp_dtype=bf16")]
         result["train"] = [train_speed(recipe, b, steps, args.device, *extra) for recipe, b, *extra in runs]
     if not args.no_serve:
         result["serve"] = serve_speed(args.model, args.device, sizes["serve_batch"], sizes["concurrency"],

@@ -79,7 +79,11 @@ class TrainConfig(_Strict):
     ema_decay: float = Field(0.0, ge=0, lt=1, description="decay of the weights' exponential moving "
                              "average, saved as the inference weights; 0 disables EMA")
     grad_clip: float = Field(0.0, ge=0, description="clip the gradient norm to this; 0 disables clipping")
-    amp: bool = Field(False, description="autocast (bf16 on CPU, fp16 on CUDA)")
+    amp: bool = Field(False, description="autocast (bf16 on CPU, fp16 on CUDA; see amp_dtype)")
+    amp_dtype: Literal["auto", "bf16", "fp16"] = Field("auto", description="autocast precision with amp: "
+                                                       "auto (fp16 with loss scaling on CUDA, bf16 on CPU), "
+                                                       "bf16 (no loss scaling; a GPU with bf16 support), "
+                                                       "or fp16 (CUDA only)")
     seed: int = Field(0, description="seed of initialisation, batches and noise")
     device: str = Field("auto", description="auto (CUDA when present), cpu, cuda or cuda:N")
     log_every: int = Field(50, ge=1, description="steps between metrics.jsonl records")

@@ -186,6 +186,23 @@ def test_a_checkpoint_keeps_the_kernel_choice_of_the_machine_that_resumes(tmp_pa
     assert fused.fit()["step"] == 3
 
 
+# ---- autocast precision ----------------------------------------------------------------------------
+def test_amp_dtype_picks_the_autocast_precision_and_refuses_what_the_device_cannot_run(tmp_path, cli):
+    cfg = load_config(None, TINY_DIFFUSION + ["train.steps=2", "train.amp=true", "train.amp_dtype=bf16",
+                                              "train.device=cpu"])
+    tr = Trainer(cfg, tmp_path / "bf16")
+    assert tr.amp_dtype == torch.bfloat16 and not tr.scaler.is_enabled()
+    tr.fit()
+    assert finite_weights(tmp_path / "bf16" / "model.safetensors")
+    # auto keeps what amp did before the option existed: bf16 on the CPU
+    auto = Trainer(load_config(None, TINY_DIFFUSION + ["train.amp=true", "train.device=cpu"]), tmp_path / "auto")
+    assert auto.amp_dtype == torch.bfloat16
+    code, out, err = cli("train", *TINY_DIFFUSION, "train.amp=true", "train.amp_dtype=fp16", "train.device=cpu",
+                         "--out", tmp_path / "fp16")
+    assert code == 2 and "train.amp_dtype=fp16 needs a CUDA device" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "fp16").exists()
+
+
 # ---- compile ----------------------------------------------------------------------------------------
 def test_compile_without_a_compiler_warns_once_and_trains_eagerly(tmp_path, monkeypatch, capsys):
     def broken(*a, **k):

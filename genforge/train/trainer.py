@@ -138,6 +138,19 @@ class EMA:
             torch._foreach_copy_(buffers, list(model.buffers()))
 
 
+
+def _amp_dtype(t, device: torch.device) -> torch.dtype:
+    """The autocast dtype ``train.amp_dtype`` asks for on ``device``; a choice the device cannot run
+    is a one-line error (whether or not train.amp is on, so a recipe fails where it is written)."""
+    name = t.amp_dtype if t.amp_dtype != "auto" else ("fp16" if device.type == "cuda" else "bf16")
+    if name == "fp16" and device.type != "cuda":
+        raise GenforgeError(f"train.amp_dtype=fp16 needs a CUDA device (training on {device.type}); use "
+                            "train.amp_dtype=bf16 or auto")
+    if name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise GenforgeError("train.amp_dtype=bf16: this GPU has no bf16 support; use train.amp_dtype=fp16 "
+                            "or auto")
+    return torch.bfloat16 if name == "bf16" else torch.float16
+
 class Trainer:
     #: fused AdamW, with the non-finite skip done where the update runs (no host sync per update);
     #: None uses it wherever this build has the kernel: on CUDA a sync per update stalls the GPU, and
@@ -152,6 +165,7 @@ class Trainer:
         self.device = pick_device(cfg.train.device)
         if self.world > 1:
             self.device = self._init_distributed(cfg)
+        self.amp_dtype = _amp_dtype(cfg.train, self.device)
         self._check_run_dir()
         preflight(cfg)  # a bad key or value fails here, before the data is loaded
         source = None
@@ -176,7 +190,8 @@ class Trainer:
                 print(describe(report), file=sys.stderr)
         self.model = self.task.model.to(self.device)
         t = self.cfg.train
-        self.scaler = torch.amp.GradScaler("cuda", enabled=t.amp and self.device.type == "cuda")
+        # fp16 needs loss scaling against underflowing gradients; bf16 has fp32's range and does not
+        self.scaler = torch.amp.GradScaler("cuda", enabled=t.amp and self.amp_dtype == torch.float16)
         self.fused = self.fused is not False and fused_adamw_works(self.device)
         # the fused kernel can skip a non-finite update on the device (found_inf); fp16 loss scaling
         # brings its own inf check and host sync, so with the scaler on the loop keeps the host check
@@ -193,7 +208,6 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.task.nets = {k: DDP(v, device_ids=ids) for k, v in self.task.nets.items()}
         self.ema = EMA(self.model, t.ema_decay) if t.ema_decay > 0 else None
-        self.amp_dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
         if t.compile:
             self.task.nets = _compiled(self.task.nets, self.device)
         self._stop_signal: int | None = None
