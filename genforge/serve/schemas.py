@@ -28,7 +28,8 @@ class _Sampling(_Body):
     steps: int = Field(25, ge=1, le=1000, description="Denoising steps (diffusion models).")
     sampler: Sampler = Field("dpm++", description="Diffusion sampler.")
     guidance: float = Field(1.0, ge=0.0, le=50.0, description="Classifier-free guidance scale "
-                            "(class-conditional diffusion).")
+                            "(class-conditional diffusion): 1 is none, above 1 follows the class more "
+                            "closely, 0 draws as if no class were given.")
 
 
 class ImageGenerationRequest(_Sampling):
@@ -40,7 +41,8 @@ class ImageGenerationRequest(_Sampling):
                                            "models: what guidance steers away from.")
     layout: LayoutParam = None
     guidance: Optional[float] = Field(None, ge=0.0, le=50.0, description="Classifier-free guidance scale "
-                                      "(class-conditional and text-to-image diffusion). Omitted: 1 (none) "
+                                      "(class-conditional and text-to-image diffusion; 0 ignores the class or "
+                                      "prompt, 1 is plain conditional sampling). Omitted: 1 (none) "
                                       "for class-conditional models, the model's own default for "
                                       "text-to-image ones.")
     n: int = Field(1, ge=1, le=64)
