@@ -238,3 +238,25 @@ def test_cuda_graphs_match_eager(runs):
         # TF32 and fused kernels on the GPU: a little looser than CPU, still far below a grey level
         assert torch.allclose(a, eager.generate(n=n, seed=11, steps=4), atol=1e-3)
         assert torch.equal(a, pipe.generate(n=n, seed=11, steps=4))
+
+
+def test_serve_cli_compile_flag_compiles_every_bucket_before_ready(cli, tmp_path, runs, keys, monkeypatch):
+    """`genforge serve --compile` (the flag itself, not Settings): the app it would run compiles each
+    batch bucket up to --max-batch-size before /readyz answers 200, GAN generators included."""
+    import uvicorn
+
+    rec = Recorder()
+    monkeypatch.setattr(torch, "compile", rec)
+    started = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: started.update(app=app, **kw))
+    code, _, err = cli("serve", runs["diffusion"], runs["gan"], "--compile", "--max-batch-size", "4",
+                       "--keys", keys["path"], "--jobs-url", f"sqlite:///{tmp_path / 'jobs.db'}",
+                       "--device", "cpu")
+    assert code == 0, err
+    with TestClient(started["app"]) as c:
+        deadline = time.time() + 60
+        while c.get("/readyz").status_code != 200 and time.time() < deadline:
+            time.sleep(0.05)
+        assert c.get("/readyz").status_code == 200
+    # two models, each warmed at buckets 1, 2 and 4
+    assert sorted(rec.sizes) == [1, 1, 2, 2, 4, 4], rec.sizes
