@@ -117,11 +117,12 @@ def test_composite_adds_later_layers_inside_their_boxes_over_their_span():
             clips[k, t, :, y, x] = 1.0
     out = composite(clips, layers)
     for t in range(8):
-        first = layers[0] if t < 4 else layers[1]
-        assert float(out[t, 0, 0, 0]) == pytest.approx(float(clips[0 if t < 4 else 1, 0, 0, 0, 0]))
-        for layer in (first, layers[2]):
-            x, y = (int(v) for v in layer.path[t - layer.start if layer is first else t, :2])
-            assert float(out[t, 0, y, x]) > 0.9
+        k = 0 if t < 4 else 1  # the colour shown: from the change on, the second layer leads
+        # the background stays the first layer's, and each dot keeps its own contrast on it
+        assert float(out[t, 0, 0, 0]) == pytest.approx(-0.5)
+        for j, layer in ((k, layers[k]), (2, layers[2])):
+            x, y = (int(v) for v in layer.path[t - layer.start, :2])
+            assert float(out[t, 0, y, x]) == pytest.approx(min(1.0, -0.5 + 1.0 - float(clips[j, 0, 0, 0, 0])))
 
 
 def test_with_x0_rewrites_the_prediction_for_an_edited_estimate():
@@ -182,6 +183,20 @@ def test_first_frame_model_draws_first_frames_at_the_planned_place(run, text_run
         warnings.simplefilter("ignore")
         want = pipe.first_frames([layer.still], [3], "", layer.path[:1])
     assert torch.allclose(clips[0, 0], want[0], atol=1e-5)  # a clip starts from its planned first frame
+    # a colour change's two layers stay put: each is its own first frame, held over the frames it shows
+    turn = plan_layers(CAPTIONS[4], 5, 6, 16)
+    assert [layer.held for layer in turn] == [True, True, False]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        clip = pipe.generate(n=1, prompt=CAPTIONS[4], seed=5, frames=6)[0]
+        stills = pipe.first_frames([layer.still for layer in turn[:2]], [5, 1_000_003 + 5], "",
+                                   torch.stack([layer.path[0] for layer in turn[:2]]))
+    boxes = box_masks(turn[0].path[:1], 16, 16)[0, 0] >= 0.5
+    bg = stills[0].flatten(1).median(-1).values[:, None, None]
+    later = (bg + stills[1] - stills[1].flatten(1).median(-1).values[:, None, None]).clamp(-1, 1)
+    for t in range(6):  # inside the turning object's box, frame t is the still of its colour then,
+        want = stills[0] if t < 3 else later  # the new colour on the first still's background
+        assert torch.allclose(clip[t][:, boxes], want[:, boxes], atol=1e-5), t
     pipe.first_frame_model = str(text_runs["cap"])
     pipe._stills = None
     with pytest.raises(GenforgeError, match="must be a text2image run"):

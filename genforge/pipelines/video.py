@@ -159,9 +159,18 @@ class VideoPipeline(TextToImagePipeline):
         # object) only as far as it is shown, in a batch of its own
         short = m.context_frames > 0
         span = [None if layer is None else layer.stop - layer.start for _, layer, _ in jobs]
+        # a layer that stays put (a colour change's) is its first frame held, where a still model draws one
+        held = [k for k in range(len(jobs)) if span[k] is not None and jobs[k][1].held] \
+            if self.stills() is not None else []
         plain = [k for k in range(len(jobs)) if span[k] is None]
-        planned = [k for k in range(len(jobs)) if span[k] is not None and not (short and span[k] < frames)]
-        partial = [k for k in range(len(jobs)) if span[k] is not None and short and span[k] < frames]
+        planned = [k for k in range(len(jobs)) if span[k] is not None and k not in held
+                   and not (short and span[k] < frames)]
+        partial = [k for k in range(len(jobs)) if span[k] is not None and k not in held
+                   and short and span[k] < frames]
+        if held:
+            firsts = self.first_frames([jobs[k][1].still for k in held], [jobs[k][2] for k in held], negative,
+                                       torch.stack([jobs[k][1].path[0] for k in held]).to(dev)).cpu()
+            drawn[held] = firsts[:, None].expand(-1, frames, -1, -1, -1).to(drawn)
         reporter = planned or partial or plain
         for part in (plain, planned, partial):
             if not part:
