@@ -43,6 +43,28 @@ async function failure(res) {
 
 function setText(id, text) { $(id).textContent = text || ""; }
 
+// a section for the models of one kind (prefix-section, prefix-model): its picker filled, the
+// section and its action button shown only when there are any; the key status's words for them
+function showKindSection(kind, prefix, button, noun, update) {
+  const ms = state.models.filter((m) => m.kind === kind);
+  fillSelect($(`${prefix}-model`), ms);
+  $(`${prefix}-section`).hidden = !ms.length;
+  $(button).disabled = !ms.length;
+  update();
+  return ms.length ? `, ${ms.length} ${noun} model(s)` : "";
+}
+
+// a section's media player and download link emptied, and the blob URL they played freed
+function clearMedia(prefix, held) {
+  const player = $(`${prefix}-player`);
+  player.pause();
+  player.removeAttribute("src");
+  player.hidden = true;
+  $(`${prefix}-download`).hidden = true;
+  if (held.url) URL.revokeObjectURL(held.url);
+  held.url = null;
+}
+
 function fillSelect(select, models) {
   select.replaceChildren();
   for (const m of models) {

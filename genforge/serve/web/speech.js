@@ -1,6 +1,6 @@
 // genforge web page, speech: a text becomes audio through OpenAI's speech route (POST /v1/audio/speech,
 // response_format wav), fetched whole with the key and played from a blob URL in an <audio> player,
-// with a download link. Uses app.js's $, state, setText, fillSelect and failure; app.js calls
+// with a download link. Uses app.js's $, state, setText, showKindSection, clearMedia and failure; app.js calls
 // showSpeechModels() once the key connects.
 "use strict";
 
@@ -8,12 +8,7 @@ const SPEECH_KIND = "text-to-speech";
 const tts = { url: null };
 
 function showSpeechModels() {
-  const ms = state.models.filter((m) => m.kind === SPEECH_KIND);
-  fillSelect($("tts-model"), ms);
-  $("tts-section").hidden = !ms.length;
-  $("tts-speak").disabled = !ms.length;
-  updateSpeechFields();
-  return ms.length ? `, ${ms.length} speech model(s)` : "";
+  return showKindSection(SPEECH_KIND, "tts", "tts-speak", "speech", updateSpeechFields);
 }
 
 // a multi-speaker model's speakers are OpenAI's `voice`; a single-speaker model has no choice to offer
@@ -25,13 +20,7 @@ function updateSpeechFields() {
 }
 
 function clearSpeech() {
-  const player = $("tts-player");
-  player.pause();
-  player.removeAttribute("src");
-  player.hidden = true;
-  $("tts-download").hidden = true;
-  if (tts.url) URL.revokeObjectURL(tts.url);
-  tts.url = null;
+  clearMedia("tts", tts);
 }
 
 // The server streams its WAV with an "unknown length" header (it sends the header before the audio

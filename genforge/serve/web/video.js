@@ -1,6 +1,6 @@
 // genforge web page, video: a prompt becomes a clip through OpenAI's video API (POST /v1/videos, poll
 // GET /v1/videos/{id} for progress, fetch /content with the key), shown in a looping <video> with a
-// download link. Uses app.js's $, state, api, setText, fillSelect and sleep; app.js calls
+// download link. Uses app.js's $, state, api, setText, showKindSection, clearMedia and sleep; app.js calls
 // showVideoModels() once the key connects.
 "use strict";
 
@@ -8,12 +8,7 @@ const VIDEO_KIND = "video-generation";
 const vid = { url: null };
 
 function showVideoModels() {
-  const ms = state.models.filter((m) => m.kind === VIDEO_KIND);
-  fillSelect($("vid-model"), ms);
-  $("vid-section").hidden = !ms.length;
-  $("vid-generate").disabled = !ms.length;
-  updateVideoFields();
-  return ms.length ? `, ${ms.length} video model(s)` : "";
+  return showKindSection(VIDEO_KIND, "vid", "vid-generate", "video", updateVideoFields);
 }
 
 function updateVideoFields() {
@@ -27,13 +22,7 @@ function updateVideoFields() {
 }
 
 function clearVideo() {
-  const player = $("vid-player");
-  player.pause();
-  player.removeAttribute("src");
-  player.hidden = true;
-  $("vid-download").hidden = true;
-  if (vid.url) URL.revokeObjectURL(vid.url);
-  vid.url = null;
+  clearMedia("vid", vid);
 }
 
 async function generateVideo(ev) {
