@@ -242,3 +242,44 @@ def test_upto_draws_the_first_frames_of_the_whole_clip():
                        vocab_size=64, context=8, text_dim=16, text_layers=1, text_heads=2, num_train_timesteps=50)
     with pytest.raises(ValueError, match="only an autoregressive model"):
         joint.sample(noise[:, :4], cond, steps=1, upto=2)
+
+
+def test_refine_redraws_later_frames_from_the_one_before_over_the_last_steps(monkeypatch):
+    """refine=0.5 with paths: frame 0 takes every step, each later frame only the last half, starting
+    from the frame before moved to its planned place; refine=0 is the plain loop."""
+    from genforge.models.video import VideoModel
+
+    torch.manual_seed(0)
+    m = VideoModel(image_size=16, frames=4, widths=(16, 16), cross_attention=(False, True), attention_heads=2,
+                   vocab_size=64, context=8, text_dim=16, text_layers=1, text_heads=2, num_train_timesteps=50,
+                   context_frames=2, anchor_frame=True).eval()
+    g = torch.Generator().manual_seed(1)
+    noise = torch.randn(1, 4, 3, 16, 16, generator=g)
+    cond = (torch.randint(4, 60, (1, 5), generator=g), torch.ones(1, 5, dtype=torch.long))
+    paths = torch.tensor([[5.0 + 2 * t, 8.0, 3.0] for t in range(4)])[None]
+    calls, guesses = [], []
+    real_denoise, real_add = m.denoise, m.train_scheduler.add_noise
+
+    def counting(*a, **k):
+        calls.append(1)
+        return real_denoise(*a, **k)
+
+    def noising(x0, noise_, t):
+        guesses.append((x0.clone(), int(t[0])))
+        return real_add(x0, noise_, t)
+
+    monkeypatch.setattr(m, "denoise", counting)
+    plain = m.sample(noise, cond, steps=4, paths=paths)
+    assert len(calls) == 4 * 4 and not guesses
+    assert torch.equal(plain, m.sample(noise, cond, steps=4, paths=paths, refine=0.0))
+    calls.clear()
+    monkeypatch.setattr(m.train_scheduler, "add_noise", noising)
+    refined = m.sample(noise, cond, steps=4, paths=paths, refine=0.5)
+    assert len(calls) == 4 + 3 * 2 and len(guesses) == 3  # frame 0 whole, frames 1-3 from step 2
+    for t, (x0, _) in enumerate(guesses, start=1):  # each start: the frame before, at this frame's place
+        found = drawn(x0[0])[1]
+        if found is not None:
+            assert float(found[1]) == pytest.approx(float(paths[0, t, 0]), abs=0.51)
+    assert refined.shape == plain.shape and not torch.equal(refined[:, 1:], plain[:, 1:])
+    with pytest.raises(ValueError, match="refine"):
+        m.sample(noise, cond, steps=2, paths=paths, refine=1.0)

@@ -174,10 +174,12 @@ class TextToImageModel(nn.Module):
                      steps: int, sampler: str, generator: Optional[torch.Generator],
                      progress: Optional[Callable[[int, int], None]],
                      before_step: Optional[Callable[[torch.Tensor, torch.Tensor], None]] = None,
-                     edit_x0: Optional[Callable[[torch.Tensor, int], torch.Tensor]] = None) -> torch.Tensor:
+                     edit_x0: Optional[Callable[[torch.Tensor, int], torch.Tensor]] = None,
+                     init: Optional[tuple[torch.Tensor, int]] = None) -> torch.Tensor:
         """``sample``'s loop, unclamped; ``before_step(x, t)`` may edit ``x`` in place before each step;
         ``edit_x0(x0, i)`` returns an edited copy of step i's (guided) estimate of the clean sample,
-        which the step then moves towards instead."""
+        which the step then moves towards instead. ``init=(x0, k)`` starts from the clean guess ``x0``
+        noised to the level of step ``k`` and runs only steps k, k+1, ... (SDEdit)."""
         ids, mask = cond
         guided = guidance != 1.0
         if guided:
@@ -195,7 +197,7 @@ class TextToImageModel(nn.Module):
                 out = self._guided(inp, t, states, mask, guidance)
             return out if edit_x0 is None else self._with_x0(inp, t, out, lambda x0: edit_x0(x0, i))
 
-        return self._loop(noise, predict, steps, sampler, generator, progress, before_step)
+        return self._loop(noise, predict, steps, sampler, generator, progress, before_step, init)
 
     def _with_x0(self, inp: torch.Tensor, t: torch.Tensor, out: torch.Tensor,
                  edit: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
@@ -220,12 +222,22 @@ class TextToImageModel(nn.Module):
         c, u = self.denoise(torch.cat([inp, inp]), t.expand(2 * inp.shape[0]), states, mask).chunk(2)
         return u + guidance * (c - u)
 
-    def _loop(self, noise, predict, steps, sampler, generator, progress, before_step=None) -> torch.Tensor:
-        """The sampler's steps over ``predict(model_input, t, step_index)``."""
+    def _loop(self, noise, predict, steps, sampler, generator, progress, before_step=None,
+              init: Optional[tuple[torch.Tensor, int]] = None) -> torch.Tensor:
+        """The sampler's steps over ``predict(model_input, t, step_index)``; ``init``: as in
+        ``denoise_loop``."""
         sched = self.make_scheduler(sampler)
         sched.set_timesteps(steps, device=noise.device)
-        x = noise * sched.init_noise_sigma
+        first = 0
+        if init is None:
+            x = noise * sched.init_noise_sigma
+        else:  # every sampler here steps the variance-preserving x_t, which add_noise gives
+            guess, first = init
+            t0 = sched.timesteps[first].long().view(1).expand(guess.shape[0]).cpu()
+            x = self.train_scheduler.add_noise(guess, noise, t0).to(noise)
         for i, t in enumerate(sched.timesteps):
+            if i < first:
+                continue
             if before_step is not None:
                 before_step(x, t)
             x = sched.step(predict(sched.scale_model_input(x, t), t, i), t, x, generator=generator).prev_sample

@@ -300,6 +300,7 @@ class VideoModel(TextToImageModel):
         first_frame: Optional[torch.Tensor] = None,
         paths: Optional[torch.Tensor] = None,
         upto: Optional[int] = None,
+        refine: float = 0.0,
     ) -> torch.Tensor:
         """Denoise ``noise`` (B, T, C, H, W) into clips in [-1, 1] that match ``cond``, with
         classifier-free guidance as in ``TextToImageModel.sample``. ``first_frame`` (B, C, H, W) in
@@ -309,15 +310,20 @@ class VideoModel(TextToImageModel):
         bounding radius) in px (NaN rows: not planned; ``pipelines/video_layout.py``): at every
         step the model's estimate of each clean frame is moved there (``keep_to``). ``upto``: an
         autoregressive model draws only the first ``upto`` frames (as placed in the whole clip) and
-        leaves the rest zero."""
+        leaves the rest zero. ``refine`` in [0, 1): with ``paths``, an autoregressive model draws
+        each frame after the first from the one before it, moved to its planned place and noised
+        to the level ``refine`` of the way through the steps, running only the rest of them
+        (SDEdit): the frames differ by a small motion, so that is all there is to redraw."""
         edit = None
         if paths is not None:
             paths = paths.to(noise)
             if paths.shape != (*noise.shape[:2], 3):
                 raise ValueError(f"paths must be (B, T, 3) for noise {tuple(noise.shape)}, got {tuple(paths.shape)}")
+        if not 0 <= refine < 1:
+            raise ValueError(f"refine must be in [0, 1), got {refine}")
         if self.context_frames:
             return self._sample_frames(noise, cond, uncond, guidance, steps, sampler, generator, progress,
-                                       first_frame, paths, upto)
+                                       first_frame, paths, upto, refine)
         if upto is not None:
             raise ValueError("upto: only an autoregressive model (context_frames > 0) draws part of a clip")
         if paths is not None:
@@ -338,7 +344,7 @@ class VideoModel(TextToImageModel):
         return x.clamp(-1, 1)
 
     def _sample_frames(self, noise, cond, uncond, guidance, steps, sampler, generator, progress, first_frame,
-                       paths=None, upto=None):
+                       paths=None, upto=None, refine=0.0):
         """Autoregressive sampling: frame i is a full denoising run with the frames before it (as
         drawn, clamped to [-1, 1]) in its planes; ``first_frame`` is frame 0 as given; ``paths`` as
         in ``sample``, frame by frame."""
@@ -369,8 +375,12 @@ class VideoModel(TextToImageModel):
 
                     def edit(x0, j, path=paths[:, i], size=size):
                         return keep_to(x0, path, size)
+                init = None
+                skip = int(round(refine * steps))
+                if paths is not None and i and skip:  # from the frame before, moved to this frame's place
+                    init = (keep_to(clip[:, i - 1], paths[:, i], size), skip)
                 x = self.denoise_loop(noise[:, i], cond, uncond, guidance, steps, sampler, generator, report,
-                                      edit_x0=edit)
+                                      edit_x0=edit, init=init)
                 clip[:, i] = x.clamp(-1, 1)
         finally:
             self._planes = None
