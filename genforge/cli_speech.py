@@ -12,6 +12,7 @@ import typer
 
 from .cli import app
 from .errors import GenforgeError
+from .train.checkpoint import ordinary_mode
 
 #: sample formats a WAV can be written in (soundfile subtypes)
 SUBTYPES = {"16": "PCM_16", "float": "FLOAT"}
@@ -50,6 +51,7 @@ def write_wav_chunks(path: Path, chunks: Iterable, sample_rate: int, subtype: st
                     samples += gap
                 f.write(chunk)
                 samples += len(chunk)
+        ordinary_mode(tmp)
         os.replace(tmp, path)
     except OSError as e:
         raise GenforgeError(f"cannot write {path}: {e.strerror or e}") from None

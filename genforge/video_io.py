@@ -20,6 +20,7 @@ from PIL import Image, ImageSequence
 
 from .data.transforms import resize_center_crop
 from .errors import GenforgeError
+from .train.checkpoint import ordinary_mode
 
 WRITE_FORMATS = (".mp4", ".gif", ".png")
 READ_FORMATS = (".mp4", ".webm", ".mov", ".mkv", ".avi", ".gif", ".png")
@@ -99,6 +100,7 @@ def write_video(path: str | Path, frames: Any, fps: int = 8, *, min_size: int = 
             _write_gif(tmp, _upscale(arr, min_size), fps)
         else:
             Image.fromarray(np.concatenate(list(arr), axis=1), "RGB").save(tmp, format="PNG")
+        ordinary_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 import shutil
+import stat
 import sys
 from pathlib import Path
 
@@ -315,6 +317,9 @@ def test_speak_reads_stdin_and_writes_the_pipelines_audio_sentence_by_sentence(s
                             "--device", "cpu")
     assert code == 0, err
     wav, sr = sf.read(out, dtype="float32")
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~mask  # as a plain open makes it, not mkstemp's 0600
     want, want_sr = load_speech(speech_runs["tts"], device="cpu")(text)
     assert sr == want_sr and len(wav) == len(want)
     # the same model on the same text: equal up to float32 rounding of the same sums

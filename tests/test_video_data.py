@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 import warnings
 
 import numpy as np
@@ -169,6 +171,10 @@ def test_video_io_round_trip(tmp_path, clips, ext, tol):
     clip = clips.column("frames")[2]
     path = write_video(tmp_path / f"c{ext}", clip, fps=8)
     assert [p.name for p in tmp_path.iterdir()] == [f"c{ext}"]  # no temporary file left behind
+    # the mode a plain open would give (0666 less the umask), not the temporary file's 0600
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask
     back = read_video(path, frames=16, size=32)
     assert back.shape == clip.shape and back.dtype == torch.uint8
     assert (back.float() - clip.float()).abs().mean().item() <= tol

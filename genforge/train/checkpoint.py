@@ -54,6 +54,24 @@ def check_writable(path: Path, hint: str = "") -> None:
         raise GenforgeError(f"cannot write to {path}: {probe} is not a writable directory{hint}")
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it (os.umask can only set it, and setting it even
+    for a moment would change the mode of files other threads create then)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
+
+
+def ordinary_mode(path: str | Path) -> None:
+    """Give a file made by ``tempfile.mkstemp`` (mode 0600) the mode a plain ``open`` would have given
+    it, 0666 less the umask, before it is renamed to the name a user asked for."""
+    os.chmod(path, 0o666 & ~_umask())
+
+
 def _open_tmp(path: Path):
     """The temporary file a write goes to (one place, so tests can make a disk fill up)."""
     return open(path, "wb")
