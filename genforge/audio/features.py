@@ -2,7 +2,8 @@
 
 The data layer caches these, the acoustic model predicts them and the vocoder turns them back into
 waveforms, so all three must use the same analysis; ``MelConfig`` is that contract, and a run dir stores
-it in its config so a voice is never paired with a vocoder trained on other frames.
+it in its config so a voice is never paired with a vocoder trained on other frames. ``resample`` is the
+one way audio changes rate here (corpus clips, teacher audio, Whisper's 16 kHz input).
 """
 from __future__ import annotations
 
@@ -10,7 +11,20 @@ import math
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 
+import numpy as np
 import torch
+
+
+def resample(wav: np.ndarray, rate: int, target: int) -> np.ndarray:
+    """float32 ``wav`` from ``rate`` to ``target`` Hz with scipy's polyphase resampler; unchanged when
+    the rates agree or there is nothing to resample."""
+    wav = np.asarray(wav, dtype=np.float32)
+    if int(rate) == int(target) or wav.size == 0:
+        return wav
+    from scipy.signal import resample_poly
+
+    g = math.gcd(int(rate), int(target))
+    return resample_poly(wav, int(target) // g, int(rate) // g).astype(np.float32)
 
 
 @dataclass(frozen=True)

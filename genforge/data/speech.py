@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import warnings
 from collections.abc import Sequence
@@ -68,14 +67,11 @@ def read_metadata(root: Path) -> tuple[list[dict[str, str]], bool]:
 def load_wav(path: Path, sample_rate: int) -> np.ndarray:
     """Mono float32 samples of ``path`` at ``sample_rate``."""
     import soundfile as sf
-    from scipy.signal import resample_poly
+
+    from ..audio.features import resample
 
     wav, sr = sf.read(str(path), dtype="float32", always_2d=True)
-    wav = wav.mean(axis=1)
-    if sr != sample_rate:
-        g = math.gcd(int(sr), int(sample_rate))
-        wav = resample_poly(wav, sample_rate // g, int(sr) // g).astype(np.float32)
-    return np.ascontiguousarray(wav, dtype=np.float32)
+    return np.ascontiguousarray(resample(wav.mean(axis=1), sr, sample_rate), dtype=np.float32)
 
 
 def trim_silence(wav: np.ndarray, top_db: float = TRIM_DB, frame: int = 1024, hop: int = 256,

@@ -27,7 +27,8 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from ..errors import GenforgeError
-from .speech_metrics import Transcriber, intelligibility, mcd, resample, rtf
+from ..audio.features import resample
+from .speech_metrics import Transcriber, intelligibility, mcd, rtf
 
 #: the voices that can speak a text besides genforge (the corpus builder's teachers)
 VOICES = ("piper-joe", "festival", "espeak")
@@ -125,7 +126,7 @@ def speak_genforge(pipe, texts: Sequence[str]) -> Spoken:
 
 
 def as_training_clip(wav: np.ndarray, rate: int, target: int) -> np.ndarray:
-    """``wav`` prepared as the corpus loader prepares a clip: resampled to ``target``, leading and trailing
+    """``wav`` prepared as the corpus loader prepares a clip: resampled to ``target`` (``resample``, as ``load_wav``), leading and trailing
     silence trimmed, clipped to [-1, 1]."""
     from ..data.speech import trim_silence
 

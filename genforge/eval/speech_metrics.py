@@ -14,6 +14,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from ..audio.features import resample
 from ..errors import GenforgeError
 
 WHISPER_RATE = 16000
@@ -119,18 +120,6 @@ def rtf(seconds_compute: float, seconds_audio: float) -> float:
     if not seconds_audio > 0:
         raise GenforgeError(f"rtf needs a positive audio duration, got {seconds_audio}")
     return float(seconds_compute) / float(seconds_audio)
-
-
-def resample(wav: np.ndarray, rate: int, target: int) -> np.ndarray:
-    """float32 ``wav`` from ``rate`` to ``target`` Hz with scipy's polyphase resampler (as the speech
-    loader resamples clips); unchanged when the rates agree."""
-    wav = np.asarray(wav, dtype=np.float32)
-    if int(rate) == int(target) or wav.size == 0:
-        return wav
-    from scipy.signal import resample_poly
-
-    g = math.gcd(int(rate), int(target))
-    return resample_poly(wav, int(target) // g, int(rate) // g).astype(np.float32)
 
 
 def _numpy(x) -> np.ndarray:
