@@ -2,7 +2,6 @@
 ``genforge.eval.text2image_eval``). Kept out of cli.py, which registers this module by importing it."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -57,7 +56,7 @@ def eval_text2image(
             typer.echo(f"{name}: all correct {s['generated']['all_correct']:.3f} of {s['n']} "
                        f"(real scenes {s['real']['all_correct']:.3f})", err=True)
     if out is not None:
-        from .train.checkpoint import atomic_write_bytes
+        from .train.checkpoint import atomic_write_json
 
-        atomic_write_bytes(out, (json.dumps(report, indent=2) + "\n").encode())
+        atomic_write_json(out, report)
     _echo_json(report)

@@ -2,7 +2,6 @@
 ``genforge eval video``. Kept out of cli.py, which registers this module by importing it."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -120,7 +119,7 @@ def eval_video(
     if net is None:
         typer.echo(report["fvd_note"], err=True)
     if out is not None:
-        from .train.checkpoint import atomic_write_bytes
+        from .train.checkpoint import atomic_write_json
 
-        atomic_write_bytes(out, (json.dumps(report, indent=2) + "\n").encode())
+        atomic_write_json(out, report)
     _echo_json(report)
