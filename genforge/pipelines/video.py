@@ -163,18 +163,19 @@ class VideoPipeline(TextToImagePipeline):
         # object) only as far as it is shown, in a batch of its own
         short = m.context_frames > 0
         span = [None if layer is None else layer.stop - layer.start for _, layer, _ in jobs]
-        # a layer that stays put (a colour change's) is its first frame held, where a still model draws one
-        held = [k for k in range(len(jobs)) if span[k] is not None and jobs[k][1].held] \
-            if self.stills() is not None else []
+        layered = [k for k in range(len(jobs)) if span[k] is not None]
+        # every layer's first frame in one call of the first-frame model (none without one)
+        firsts = self.first_frames([jobs[k][1].still for k in layered], [jobs[k][2] for k in layered], negative,
+                                   torch.stack([jobs[k][1].path[0] for k in layered]).to(dev)) if layered else None
+        starts = {} if firsts is None else dict(zip(layered, firsts))
+        # a layer that stays put (a colour change's) is its first frame held, where a still model drew one
+        held = [k for k in layered if k in starts and jobs[k][1].held]
         plain = [k for k in range(len(jobs)) if span[k] is None]
-        planned = [k for k in range(len(jobs)) if span[k] is not None and k not in held
-                   and not (short and span[k] < frames)]
-        partial = [k for k in range(len(jobs)) if span[k] is not None and k not in held
-                   and short and span[k] < frames]
+        planned = [k for k in layered if k not in held and not (short and span[k] < frames)]
+        partial = [k for k in layered if k not in held and short and span[k] < frames]
         if held:
-            firsts = self.first_frames([jobs[k][1].still for k in held], [jobs[k][2] for k in held], negative,
-                                       torch.stack([jobs[k][1].path[0] for k in held]).to(dev)).cpu()
-            drawn[held] = firsts[:, None].expand(-1, frames, -1, -1, -1).to(drawn)
+            drawn[held] = torch.stack([starts[k] for k in held]).cpu()[:, None].expand(-1, frames, -1, -1, -1) \
+                .to(drawn)
         reporter = planned or partial or plain
         for part in (plain, planned, partial):
             if not part:
@@ -186,8 +187,7 @@ class VideoPipeline(TextToImagePipeline):
             start, path = None, None
             if part is not plain:
                 path = torch.stack([jobs[k][1].path for k in part]).to(dev)
-                start = self.first_frames([jobs[k][1].still for k in part], [jobs[k][2] for k in part], negative,
-                                          path[:, 0])
+                start = torch.stack([starts[k] for k in part]) if starts else None
             elif first is not None:
                 start = first[[jobs[k][0] for k in part]].to(dev)
             drawn[part] = m.sample(noise_all[part].to(dev), cond, uncond, guidance=guidance, steps=steps,
