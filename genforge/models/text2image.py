@@ -231,10 +231,9 @@ class TextToImageModel(nn.Module):
         first = 0
         if init is None:
             x = noise * sched.init_noise_sigma
-        else:  # every sampler here steps the variance-preserving x_t, which add_noise gives
+        else:
             guess, first = init
-            t0 = sched.timesteps[first].long().view(1).expand(guess.shape[0]).cpu()
-            x = self.train_scheduler.add_noise(guess, noise, t0).to(noise)
+            x = noised(self.train_scheduler, guess, noise, sched.timesteps[first])
         for i, t in enumerate(sched.timesteps):
             if i < first:
                 continue
@@ -244,6 +243,12 @@ class TextToImageModel(nn.Module):
             if progress is not None:
                 progress(i + 1, len(sched.timesteps))
         return x
+
+
+def noised(sched: DDPMScheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """``x0`` noised with ``noise`` to timestep ``t`` (one for the whole batch): the variance-preserving
+    x_t every sampler here (ddpm, ddim, dpm++) steps."""
+    return sched.add_noise(x0, noise, t.long().view(1).expand(x0.shape[0]).cpu()).to(x0)
 
 
 def _pad(t: torch.Tensor, width: int) -> torch.Tensor:

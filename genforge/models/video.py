@@ -46,11 +46,10 @@ from __future__ import annotations
 from typing import Callable, Optional
 
 import torch
-from diffusers import DDPMScheduler
 from torch import nn
 
 from ..registry import register_model
-from .text2image import TextToImageModel, Tokens
+from .text2image import TextToImageModel, Tokens, noised
 
 
 def _places(n: int, like: torch.Tensor) -> torch.Tensor:
@@ -336,7 +335,7 @@ class VideoModel(TextToImageModel):
             fixed = self.train_scheduler  # its add_noise gives the variance-preserving x_t of any step
 
             def fix(x: torch.Tensor, t: torch.Tensor) -> None:
-                x[:, 0] = _noised(fixed, known, noise[:, 0], t)
+                x[:, 0] = noised(fixed, known, noise[:, 0], t)
 
         x = self.denoise_loop(noise, cond, uncond, guidance, steps, sampler, generator, progress, fix, edit)
         if first_frame is not None:
@@ -479,11 +478,6 @@ def on_background(x: torch.Tensor, paths: torch.Tensor, background: torch.Tensor
 def _gyration(frame: torch.Tensor) -> torch.Tensor:
     found = drawn(frame)[1]
     return found[2] if found is not None else torch.tensor(1.0, dtype=frame.dtype, device=frame.device)
-
-
-def _noised(sched: DDPMScheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    # every sampler here (ddpm, ddim, dpm++) steps the variance-preserving x_t itself
-    return sched.add_noise(x0, noise, t.long().view(1).expand(x0.shape[0]).cpu()).to(x0)
 
 
 @register_model("video_unet")
