@@ -385,7 +385,7 @@ class VideoModel(TextToImageModel):
             self._planes = None
         if paths is not None and upto > 1:  # the background stays still: every planned frame's is frame 0's
             clip[:, 1:upto] = on_background(clip[:, 1:upto].flatten(0, 1), paths[:, 1:upto].flatten(0, 1),
-                                            clip[:, 0].flatten(2).median(-1).values.repeat_interleave(upto - 1, 0)
+                                            background_of(clip[:, 0])[..., 0, 0].repeat_interleave(upto - 1, 0)
                                             ).view_as(clip[:, 1:upto])
         return clip
 
@@ -411,12 +411,18 @@ def box_masks(paths: torch.Tensor, h: int, w: int) -> torch.Tensor:
     return inside.to(paths.dtype).view(*lead, 1, h, w)
 
 
+def background_of(x: torch.Tensor) -> torch.Tensor:
+    """The background of frames ``x`` (..., C, H, W): each channel's median, shaped (..., C, 1, 1) to
+    subtract from them."""
+    return x.flatten(-2).median(-1).values[..., None, None]
+
+
 def drawn(x: torch.Tensor) -> tuple[torch.Tensor, Optional[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]:
     """One frame's estimate ``x`` (C, H, W): its background (per-channel median, (C, 1, 1)) and,
     when something stands out from it by more than ``DRAWN``, that object's centre (row, column,
     at pixel centres) and radius of gyration in px, over the pixels standing out by at least half
     the most."""
-    bg = x.flatten(1).median(-1).values[:, None, None]
+    bg = background_of(x)
     sal = (x - bg).abs().sum(0)
     peak = sal.max()
     if float(peak) <= DRAWN:
@@ -468,9 +474,8 @@ def on_background(x: torch.Tensor, paths: torch.Tensor, background: torch.Tensor
     (``paths`` (B, 3)) what the frame draws there less its own background (its median), outside
     the background itself; frames not planned (NaN path) are kept. Each frame of a planned clip is
     drawn on its own and its background tint wanders a little; this holds it still."""
-    own = x.flatten(2).median(-1).values
     inside = box_masks(paths, *x.shape[-2:])
-    out = background[..., None, None] + (x - own[..., None, None]) * inside
+    out = background[..., None, None] + (x - background_of(x)) * inside
     planned = ~paths.isnan().any(-1)
     return torch.where(planned[:, None, None, None], out, x).clamp(-1, 1)
 

@@ -44,7 +44,7 @@ import torch
 from ..data.shapes import GRID, Obj, Scene
 from ..data.video import MovingObj, VideoScene, parse_video_caption, plan_scene
 from ..errors import GenforgeError
-from ..models.video import box_masks
+from ..models.video import background_of, box_masks
 
 VideoLayout = Literal["paths", "off"]
 VIDEO_LAYOUTS: tuple[str, ...] = get_args(VideoLayout)
@@ -127,16 +127,16 @@ def composite(clips: torch.Tensor, layers: list[Layer]) -> torch.Tensor:
     with the colour."""
     frames, (h, w) = clips.shape[1], clips.shape[-2:]
     out = torch.empty_like(clips[0])
-    background = clips[0, 0].flatten(1).median(-1).values[:, None, None]  # the first layer starts at frame 0
+    background = background_of(clips[0, 0])  # the first layer starts at frame 0
     for t in range(frames):
         shown = [(c, layer) for c, layer in zip(clips, layers) if layer.start <= t < layer.stop]
         c, layer = shown[0]
         out[t] = c[t - layer.start]
         if layer.start > 0:  # a later colour's layer leads: its drawing inside its box, on the clip's background
-            own = out[t] - out[t].flatten(1).median(-1).values[:, None, None]
+            own = out[t] - background_of(out[t])
             out[t] = torch.where(box_masks(layer.path[t - layer.start], h, w) >= 0.5, background + own, background)
         for c, layer in shown[1:]:
             own = c[t - layer.start]
-            drawn = own - own.flatten(1).median(-1).values[:, None, None]  # on the first layer's background
+            drawn = own - background_of(own)  # on the first layer's background
             out[t] = torch.where(box_masks(layer.path[t - layer.start], h, w) >= 0.5, out[t] + drawn, out[t])
     return out.clamp(-1, 1)
