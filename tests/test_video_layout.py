@@ -224,13 +224,18 @@ def test_video_object_layout_keys():
     assert object_layers(scene.objects[0], torch.zeros(8, 3), None, 8)[0].stop == 8
 
 
-def test_upto_draws_the_first_frames_of_the_whole_clip():
+def _tiny_video(frames: int, **kw):
+    """A 16-px video model small enough to sample in a test, in eval mode."""
     from genforge.models.video import VideoModel
 
+    return VideoModel(image_size=16, frames=frames, widths=(16, 16), cross_attention=(False, True),
+                      attention_heads=2, vocab_size=64, context=8, text_dim=16, text_layers=1, text_heads=2,
+                      num_train_timesteps=50, **kw).eval()
+
+
+def test_upto_draws_the_first_frames_of_the_whole_clip():
     torch.manual_seed(0)
-    m = VideoModel(image_size=16, frames=6, widths=(16, 16), cross_attention=(False, True), attention_heads=2,
-                   vocab_size=64, context=8, text_dim=16, text_layers=1, text_heads=2, num_train_timesteps=50,
-                   context_frames=2, anchor_frame=True).eval()
+    m = _tiny_video(6, context_frames=2, anchor_frame=True)
     g = torch.Generator().manual_seed(1)
     noise = torch.randn(2, 6, 3, 16, 16, generator=g)
     cond = (torch.randint(4, 60, (2, 5), generator=g), torch.ones(2, 5, dtype=torch.long))
@@ -238,8 +243,7 @@ def test_upto_draws_the_first_frames_of_the_whole_clip():
     whole = m.sample(noise, cond, steps=2, paths=paths)
     part = m.sample(noise, cond, steps=2, paths=paths, upto=3)
     assert torch.allclose(part[:, :3], whole[:, :3], atol=1e-5) and (part[:, 3:] == 0).all()
-    joint = VideoModel(image_size=16, frames=4, widths=(16, 16), cross_attention=(False, True), attention_heads=2,
-                       vocab_size=64, context=8, text_dim=16, text_layers=1, text_heads=2, num_train_timesteps=50)
+    joint = _tiny_video(4)
     with pytest.raises(ValueError, match="only an autoregressive model"):
         joint.sample(noise[:, :4], cond, steps=1, upto=2)
 
@@ -247,12 +251,8 @@ def test_upto_draws_the_first_frames_of_the_whole_clip():
 def test_refine_redraws_later_frames_from_the_one_before_over_the_last_steps(monkeypatch):
     """refine=0.5 with paths: frame 0 takes every step, each later frame only the last half, starting
     from the frame before moved to its planned place; refine=0 is the plain loop."""
-    from genforge.models.video import VideoModel
-
     torch.manual_seed(0)
-    m = VideoModel(image_size=16, frames=4, widths=(16, 16), cross_attention=(False, True), attention_heads=2,
-                   vocab_size=64, context=8, text_dim=16, text_layers=1, text_heads=2, num_train_timesteps=50,
-                   context_frames=2, anchor_frame=True).eval()
+    m = _tiny_video(4, context_frames=2, anchor_frame=True)
     g = torch.Generator().manual_seed(1)
     noise = torch.randn(1, 4, 3, 16, 16, generator=g)
     cond = (torch.randint(4, 60, (1, 5), generator=g), torch.ones(1, 5, dtype=torch.long))
