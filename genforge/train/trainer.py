@@ -138,7 +138,6 @@ class EMA:
             torch._foreach_copy_(buffers, list(model.buffers()))
 
 
-
 def _amp_dtype(t, device: torch.device) -> torch.dtype:
     """The autocast dtype ``train.amp_dtype`` asks for on ``device``; a choice the device cannot run
     is a one-line error (whether or not train.amp is on, so a recipe fails where it is written)."""
@@ -150,6 +149,7 @@ def _amp_dtype(t, device: torch.device) -> torch.dtype:
         raise GenforgeError("train.amp_dtype=bf16: this GPU has no bf16 support; use train.amp_dtype=fp16 "
                             "or auto")
     return torch.bfloat16 if name == "bf16" else torch.float16
+
 
 class Trainer:
     #: fused AdamW, with the non-finite skip done where the update runs (no host sync per update);
